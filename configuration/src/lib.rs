@@ -1,0 +1,1 @@
+//! configuration crate (under construction).

@@ -1,0 +1,1 @@
+//! network crate (under construction).

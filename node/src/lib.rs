@@ -1,0 +1,1 @@
+//! node crate (under construction).

@@ -1,0 +1,2 @@
+//! xtask (under construction).
+fn main() {}
