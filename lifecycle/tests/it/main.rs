@@ -1,0 +1,3 @@
+//! Integration tests of the component runtime.
+mod manager;
+mod support;
