@@ -1,0 +1,197 @@
+//! [`SledVaultStorage`]: the on-disk vault, a sled 0.34 database guarded by a lock file.
+//!
+//! sled 0.34 takes a non-blocking `flock` on its own `db` file, but its background I/O
+//! threads may keep that file open for a moment after the `Db` is dropped, and its error is
+//! an untyped `io::Error`. So the vault takes its own exclusive lock on `vault.lock` first:
+//! failing that means another vault serves the directory ([`Error::Locked`], at once), and
+//! holding it means a sled lock conflict can only be our own previous instance winding
+//! down, which is waited for (bounded). sled also panics on some corrupt files: every call
+//! into sled is wrapped so a panic becomes [`Error::Corrupt`] naming the directory.
+use std::{
+    fmt,
+    fs::{File, OpenOptions},
+    panic::{catch_unwind, AssertUnwindSafe},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use super::{VaultEntry, VaultStorage};
+use crate::error::{Error, Result};
+
+/// The lock file inside the vault directory.
+const LOCK_FILE: &str = "vault.lock";
+/// How long to wait for a previous sled instance of this process to release its files.
+const SLED_RELEASE_WAIT: Duration = Duration::from_secs(10);
+const SLED_RELEASE_POLL: Duration = Duration::from_millis(10);
+
+/// The on-disk [`VaultStorage`]: a sled database in one directory, exclusively locked.
+pub struct SledVaultStorage {
+    // Field order matters: the database is dropped (closed) before the lock is released.
+    db: sled::Db,
+    path: PathBuf,
+    _lock: File,
+}
+
+impl fmt::Debug for SledVaultStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SledVaultStorage")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SledVaultStorage {
+    /// Open (creating if needed) the vault database in directory `path`. Blocking.
+    ///
+    /// Fails with [`Error::Locked`] at once if another vault holds the directory, and with
+    /// [`Error::Corrupt`] or [`Error::Io`] naming the directory if it cannot be read.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
+        let path = path.into();
+        std::fs::create_dir_all(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let lock = lock_dir(&path)?;
+        let deadline = Instant::now() + SLED_RELEASE_WAIT;
+        let db = loop {
+            let config = sled::Config::new().path(&path);
+            match guarded(&path, || config.open()) {
+                Err(Error::Io { source, .. })
+                    if is_sled_lock_error(&source) && Instant::now() < deadline =>
+                {
+                    // We hold the vault lock, so only our own previous instance can still
+                    // hold sled's: its background threads are closing the files.
+                    std::thread::sleep(SLED_RELEASE_POLL);
+                }
+                Err(Error::Io { source, .. }) if is_sled_lock_error(&source) => {
+                    return Err(Error::Locked { path });
+                }
+                other => break other?,
+            }
+        };
+        tracing::debug!(path = %path.display(), recovered = db.was_recovered(), "vault database opened");
+        Ok(Self {
+            db,
+            path,
+            _lock: lock,
+        })
+    }
+
+    /// The directory of the database.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn call<T>(&self, f: impl FnOnce(&sled::Db) -> sled::Result<T>) -> Result<T> {
+        guarded(&self.path, || f(&self.db))
+    }
+}
+
+/// Take the exclusive lock on the directory's lock file, without waiting.
+fn lock_dir(dir: &Path) -> Result<File> {
+    let lock_path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|source| Error::Io {
+            path: lock_path.clone(),
+            source,
+        })?;
+    match fs4::fs_std::FileExt::try_lock_exclusive(&file) {
+        Ok(true) => Ok(file),
+        Ok(false) => Err(Error::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(source) => Err(Error::Io {
+            path: lock_path,
+            source,
+        }),
+    }
+}
+
+/// sled 0.34 reports a held `db` lock as `io::Error(Other, "could not acquire lock on ...")`.
+fn is_sled_lock_error(e: &std::io::Error) -> bool {
+    e.to_string().contains("could not acquire lock")
+}
+
+/// Call into sled, turning its errors and panics into vault errors naming `path`.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> sled::Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(map_sled_error(path, e)),
+        Err(panic) => Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("sled panicked: {}", panic_message(panic.as_ref())),
+        }),
+    }
+}
+
+fn map_sled_error(path: &Path, e: sled::Error) -> Error {
+    match e {
+        sled::Error::Io(source) => Error::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}
+
+fn to_pairs(iter: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>) -> sled::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    iter.map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+        .collect()
+}
+
+impl VaultStorage for SledVaultStorage {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.call(|db| db.get(key).map(|v| v.map(|v| v.to_vec())))
+    }
+
+    fn write_batch(&self, batch: &[VaultEntry]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut b = sled::Batch::default();
+        for entry in batch {
+            match &entry.value {
+                Some(value) => b.insert(entry.key.as_slice(), value.as_slice()),
+                None => b.remove(entry.key.as_slice()),
+            }
+        }
+        self.call(|db| {
+            db.apply_batch(b)?;
+            db.flush()?;
+            Ok(())
+        })
+    }
+
+    fn range(&self, from: &[u8], to: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        self.call(|db| to_pairs(db.range(from..to)))
+    }
+
+    fn prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.call(|db| to_pairs(db.scan_prefix(prefix)))
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.call(|db| db.flush().map(drop))
+    }
+}
