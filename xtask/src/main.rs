@@ -1,2 +1,92 @@
-//! xtask (under construction).
-fn main() {}
+//! The project's task runner: `cargo xtask ci | tidy | bench | cluster`.
+//!
+//! Invariants: xtask depends on no workspace crate; it drives `cargo` and the `ignite` binary
+//! as child processes, from the workspace root, and exits non-zero on the first failure.
+mod bench;
+mod ci;
+mod cluster;
+mod http;
+mod metadata;
+mod process;
+mod tidy;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Task runner for the workspace (run it as `cargo xtask <command>`).
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// What CI runs: fmt check, clippy, tests crate by crate, tidy.
+    Ci,
+    /// Repository hygiene: `//!` docs on every file, startup-order dependency edges.
+    Tidy,
+    /// Benchmarks; with no name, runs all of them.
+    Bench {
+        /// Which benchmark to run.
+        #[arg(value_enum)]
+        name: Option<BenchName>,
+        /// Number of cold + warm start runs of the startup benchmark.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+        runs: u32,
+    },
+    /// Starts a local cluster of `ignite` processes on loopback until Ctrl-C.
+    Cluster {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+        nodes: u32,
+        /// Keep the data directories after the cluster stops.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchName {
+    /// Start, stop and idle RSS of a standalone node (release build).
+    Startup,
+    /// `cargo bench -p network --bench throughput`.
+    Network,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Command::Ci => ci::run(&root),
+        Command::Tidy => tidy::run(&root),
+        Command::Bench { name, runs } => {
+            let names = match name {
+                Some(name) => vec![name],
+                None => vec![BenchName::Startup, BenchName::Network],
+            };
+            for name in names {
+                match name {
+                    BenchName::Startup => bench::startup(&root, runs)?,
+                    BenchName::Network => bench::network(&root)?,
+                }
+            }
+            Ok(())
+        }
+        Command::Cluster { nodes, keep } => cluster::run(&root, nodes, keep),
+    }
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// The `cargo` that runs us (`$CARGO` under `cargo run`), else `cargo` from `PATH`.
+fn cargo() -> std::process::Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    std::process::Command::new(cargo)
+}
