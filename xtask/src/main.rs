@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Task runner for the workspace (run it as `cargo xtask <command>`).
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", version, about)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
