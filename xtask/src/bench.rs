@@ -71,8 +71,7 @@ fn cycle(binary: &Path, data_dir: &Path, log: &Path) -> anyhow::Result<Cycle> {
 }
 
 /// `cargo xtask bench startup`: `runs` cold + warm start cycles of a standalone node.
-pub(crate) fn startup(root: &Path, runs: u32) -> anyhow::Result<()> {
-    let binary = process::build_ignite(root)?;
+pub(crate) fn startup(binary: &Path, runs: u32) -> anyhow::Result<()> {
     println!(
         "bench startup: {runs} runs of a cold start (fresh data dir) and a warm start (same dir)"
     );
@@ -89,9 +88,9 @@ pub(crate) fn startup(root: &Path, runs: u32) -> anyhow::Result<()> {
         let data_dir = dir.path().join("data");
         fs::create_dir_all(&data_dir)
             .with_context(|| format!("failed to create {}", data_dir.display()))?;
-        let first = cycle(&binary, &data_dir, &dir.path().join("cold.log"))
+        let first = cycle(binary, &data_dir, &dir.path().join("cold.log"))
             .with_context(|| format!("run {run}: cold start"))?;
-        let second = cycle(&binary, &data_dir, &dir.path().join("warm.log"))
+        let second = cycle(binary, &data_dir, &dir.path().join("warm.log"))
             .with_context(|| format!("run {run}: warm start"))?;
         println!(
             "run {run:>3}/{runs}: cold start {}, warm start {}, stop {} / {}, idle rss {:.1} MiB / {:.1} MiB",

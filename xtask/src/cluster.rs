@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::{bail, Context};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::process::{self, Node, PROCESS_DEADLINE};
 
@@ -60,8 +61,9 @@ impl NodePlan {
 }
 
 /// Runs the cluster until Ctrl-C; `keep` leaves the data directories in place afterwards.
-pub(crate) fn run(root: &Path, nodes: u32, keep: bool) -> anyhow::Result<()> {
-    let binary = process::build_ignite(root)?;
+pub(crate) fn run(binary: &Path, nodes: u32, keep: bool) -> anyhow::Result<()> {
+    // listen for Ctrl-C and SIGTERM before any node exists, so none is ever orphaned
+    let mut signals = Signals::listen()?;
     let count = usize::try_from(nodes).context("node count out of range")?;
     let dir = tempfile::Builder::new()
         .prefix("ignite-cluster-")
@@ -80,7 +82,7 @@ pub(crate) fn run(root: &Path, nodes: u32, keep: bool) -> anyhow::Result<()> {
             .with_context(|| format!("failed to create {}", data_dir.display()))?;
         let log = dir.path().join(format!("{}.log", plan.name));
         running.push(Node::spawn(
-            &binary,
+            binary,
             &plan.name,
             plan.rest,
             &plan.args(&data_dir),
@@ -106,7 +108,7 @@ pub(crate) fn run(root: &Path, nodes: u32, keep: bool) -> anyhow::Result<()> {
     }
     println!("press Ctrl-C to stop the cluster");
 
-    let died = wait_for_interrupt(&mut running)?;
+    let died = signals.wait(&mut running)?;
 
     println!("stopping {count} nodes (SIGTERM)...");
     for node in &mut running {
@@ -136,41 +138,62 @@ pub(crate) fn run(root: &Path, nodes: u32, keep: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Blocks until Ctrl-C or SIGTERM reaches xtask (returns `None`) or a node exits on its own
-/// (returns what happened, with the end of its log).
-fn wait_for_interrupt(nodes: &mut [Node]) -> anyhow::Result<Option<String>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("failed to build a tokio runtime")?;
-    runtime.block_on(async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .context("failed to listen for SIGTERM")?;
-        let ctrl_c = tokio::signal::ctrl_c();
-        tokio::pin!(ctrl_c);
-        let mut check = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            tokio::select! {
-                result = &mut ctrl_c => {
-                    result.context("failed to listen for Ctrl-C")?;
-                    return Ok(None);
-                }
-                _ = terminate.recv() => return Ok(None),
-                _ = check.tick() => {
-                    for node in nodes.iter_mut() {
-                        if let Some(status) = node.try_exit()? {
-                            return Ok(Some(format!(
-                                "node {} exited on its own with {status}\n{}",
-                                node.name,
-                                node.log_tail()
-                            )));
+/// Ctrl-C and SIGTERM, caught from the moment they are created.
+struct Signals {
+    runtime: tokio::runtime::Runtime,
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn listen() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("failed to build a tokio runtime")?;
+        let (interrupt, terminate) = {
+            let _entered = runtime.enter();
+            (
+                signal(SignalKind::interrupt()).context("failed to listen for Ctrl-C")?,
+                signal(SignalKind::terminate()).context("failed to listen for SIGTERM")?,
+            )
+        };
+        Ok(Self {
+            runtime,
+            interrupt,
+            terminate,
+        })
+    }
+
+    /// Blocks until Ctrl-C or SIGTERM reaches xtask (returns `None`) or a node exits on its
+    /// own (returns what happened, with the end of its log).
+    fn wait(&mut self, nodes: &mut [Node]) -> anyhow::Result<Option<String>> {
+        let Self {
+            runtime,
+            interrupt,
+            terminate,
+        } = self;
+        runtime.block_on(async {
+            let mut check = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tokio::select! {
+                    _ = interrupt.recv() => return Ok(None),
+                    _ = terminate.recv() => return Ok(None),
+                    _ = check.tick() => {
+                        for node in nodes.iter_mut() {
+                            if let Some(status) = node.try_exit()? {
+                                return Ok(Some(format!(
+                                    "node {} exited on its own with {status}\n{}",
+                                    node.name,
+                                    node.log_tail()
+                                )));
+                            }
                         }
                     }
                 }
             }
-        }
-    })
+        })
+    }
 }
 
 #[cfg(test)]

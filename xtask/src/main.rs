@@ -36,6 +36,9 @@ enum Command {
         /// Number of cold + warm start runs of the startup benchmark.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
         runs: u32,
+        /// Use this `ignite` binary instead of building it in release mode.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
     },
     /// Starts a local cluster of `ignite` processes on loopback until Ctrl-C.
     Cluster {
@@ -45,6 +48,9 @@ enum Command {
         /// Keep the data directories after the cluster stops.
         #[arg(long)]
         keep: bool,
+        /// Use this `ignite` binary instead of building it in release mode.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
     },
 }
 
@@ -62,20 +68,30 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Ci => ci::run(&root),
         Command::Tidy => tidy::run(&root),
-        Command::Bench { name, runs } => {
+        Command::Bench { name, runs, binary } => {
             let names = match name {
                 Some(name) => vec![name],
                 None => vec![BenchName::Startup, BenchName::Network],
             };
             for name in names {
                 match name {
-                    BenchName::Startup => bench::startup(&root, runs)?,
+                    BenchName::Startup => {
+                        let binary = process::ignite_binary(&root, binary.as_deref())?;
+                        bench::startup(&binary, runs)?;
+                    }
                     BenchName::Network => bench::network(&root)?,
                 }
             }
             Ok(())
         }
-        Command::Cluster { nodes, keep } => cluster::run(&root, nodes, keep),
+        Command::Cluster {
+            nodes,
+            keep,
+            binary,
+        } => {
+            let binary = process::ignite_binary(&root, binary.as_deref())?;
+            cluster::run(&binary, nodes, keep)
+        }
     }
 }
 

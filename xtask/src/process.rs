@@ -17,6 +17,15 @@ use crate::{http, metadata::Workspace};
 /// How long a node may take to start or to stop before xtask gives up on it.
 pub(crate) const PROCESS_DEADLINE: Duration = Duration::from_secs(60);
 
+/// The `ignite` binary to run: `given` if set, else a fresh release build.
+pub(crate) fn ignite_binary(root: &Path, given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(path) if path.is_file() => Ok(path.to_path_buf()),
+        Some(path) => bail!("no ignite binary at {}", path.display()),
+        None => build_ignite(root),
+    }
+}
+
 /// Builds `ignite` in release mode and returns the path of the binary.
 pub(crate) fn build_ignite(root: &Path) -> anyhow::Result<PathBuf> {
     println!("building ignite (release)...");
