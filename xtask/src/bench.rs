@@ -28,11 +28,11 @@ struct Cycle {
 
 /// Starts a standalone node on `data_dir`, waits until it is STARTED, idles, reads its RSS,
 /// then SIGTERMs it and waits for it to exit.
-fn cycle(binary: &Path, data_dir: &Path, log: &Path) -> anyhow::Result<Cycle> {
+fn cycle(binary: &Path, data_dir: &Path, log: &Path, with_listen: bool) -> anyhow::Result<Cycle> {
     let ports = process::free_ports(2)?;
     let rest = SocketAddr::from(([127, 0, 0, 1], ports[0]));
     let listen = SocketAddr::from(([127, 0, 0, 1], ports[1]));
-    let args: Vec<String> = vec![
+    let mut args: Vec<String> = vec![
         "start".into(),
         "--standalone".into(),
         "--name".into(),
@@ -41,9 +41,11 @@ fn cycle(binary: &Path, data_dir: &Path, log: &Path) -> anyhow::Result<Cycle> {
         data_dir.display().to_string(),
         "--rest".into(),
         rest.to_string(),
-        "--listen".into(),
-        listen.to_string(),
     ];
+    if with_listen {
+        // a free port too, so bench nodes never collide with other nodes on the default port
+        args.extend(["--listen".into(), listen.to_string()]);
+    }
     let spawned = Instant::now();
     let mut node = Node::spawn(binary, "bench", rest, &args, log)?;
     node.wait_ready(true, PROCESS_DEADLINE)?;
@@ -72,6 +74,7 @@ fn cycle(binary: &Path, data_dir: &Path, log: &Path) -> anyhow::Result<Cycle> {
 
 /// `cargo xtask bench startup`: `runs` cold + warm start cycles of a standalone node.
 pub(crate) fn startup(binary: &Path, runs: u32) -> anyhow::Result<()> {
+    let with_listen = process::start_accepts(binary, "--listen")?;
     println!(
         "bench startup: {runs} runs of a cold start (fresh data dir) and a warm start (same dir)"
     );
@@ -88,9 +91,9 @@ pub(crate) fn startup(binary: &Path, runs: u32) -> anyhow::Result<()> {
         let data_dir = dir.path().join("data");
         fs::create_dir_all(&data_dir)
             .with_context(|| format!("failed to create {}", data_dir.display()))?;
-        let first = cycle(binary, &data_dir, &dir.path().join("cold.log"))
+        let first = cycle(binary, &data_dir, &dir.path().join("cold.log"), with_listen)
             .with_context(|| format!("run {run}: cold start"))?;
-        let second = cycle(binary, &data_dir, &dir.path().join("warm.log"))
+        let second = cycle(binary, &data_dir, &dir.path().join("warm.log"), with_listen)
             .with_context(|| format!("run {run}: warm start"))?;
         println!(
             "run {run:>3}/{runs}: cold start {}, warm start {}, stop {} / {}, idle rss {:.1} MiB / {:.1} MiB",

@@ -26,6 +26,16 @@ pub(crate) fn ignite_binary(root: &Path, given: Option<&Path>) -> anyhow::Result
     }
 }
 
+/// Whether `binary start --help` lists `flag` (flags arrive as the node grows).
+pub(crate) fn start_accepts(binary: &Path, flag: &str) -> anyhow::Result<bool> {
+    let output = Command::new(binary)
+        .args(["start", "--help"])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("failed to run {} start --help", binary.display()))?;
+    Ok(String::from_utf8_lossy(&output.stdout).contains(flag))
+}
+
 /// Builds `ignite` in release mode and returns the path of the binary.
 pub(crate) fn build_ignite(root: &Path) -> anyhow::Result<PathBuf> {
     println!("building ignite (release)...");
