@@ -181,10 +181,12 @@ impl VaultManager {
     pub async fn name(&self) -> Result<Option<String>> {
         match self.get(NAME_KEY).await? {
             None => Ok(None),
-            Some(bytes) => String::from_utf8(bytes).map(Some).map_err(|e| Error::InvalidValue {
-                key: String::from_utf8_lossy(NAME_KEY).into_owned(),
-                reason: format!("node name is not utf-8: {e}"),
-            }),
+            Some(bytes) => String::from_utf8(bytes)
+                .map(Some)
+                .map_err(|e| Error::InvalidValue {
+                    key: String::from_utf8_lossy(NAME_KEY).into_owned(),
+                    reason: format!("node name is not utf-8: {e}"),
+                }),
         }
     }
 

@@ -73,12 +73,18 @@ fn put(storage: &dyn VaultStorage, key: &[u8], value: &[u8]) {
 }
 
 fn pairs(items: &[(&[u8], &[u8])]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    items.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+    items
+        .iter()
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect()
 }
 
 fn get_missing_is_none(s: &dyn VaultStorage) {
     assert_eq!(s.get(b"missing").expect("get"), None);
-    assert!(s.prefix(b"").expect("scan").is_empty(), "a new storage is empty");
+    assert!(
+        s.prefix(b"").expect("scan").is_empty(),
+        "a new storage is empty"
+    );
     s.write_batch(&[]).expect("an empty batch is fine");
     assert!(s.prefix(b"").expect("scan").is_empty());
 }
@@ -154,7 +160,10 @@ fn batch_is_atomic_for_readers(s: &dyn VaultStorage) {
         let checks = reader.join().expect("reader thread");
         assert!(checks > 0);
     });
-    assert_eq!(s.get(b"x").expect("get"), Some(ROUNDS.to_be_bytes().to_vec()));
+    assert_eq!(
+        s.get(b"x").expect("get"),
+        Some(ROUNDS.to_be_bytes().to_vec())
+    );
 }
 
 fn range_bounds(s: &dyn VaultStorage) {
@@ -179,7 +188,11 @@ fn range_bounds(s: &dyn VaultStorage) {
     assert_eq!(keys(b"b", b"b\x00"), vec![b"b".to_vec()]);
     assert!(keys(b"b", b"b").is_empty(), "from == to is empty");
     assert!(keys(b"c", b"a").is_empty(), "from > to is empty");
-    assert_eq!(keys(b"", b"b"), vec![b"a".to_vec()], "empty from starts at the first key");
+    assert_eq!(
+        keys(b"", b"b"),
+        vec![b"a".to_vec()],
+        "empty from starts at the first key"
+    );
     assert_eq!(
         keys(b"c", b"\xff\xff\xff"),
         vec![b"c".to_vec(), b"\xff".to_vec(), b"\xff\xff".to_vec()]
@@ -188,7 +201,16 @@ fn range_bounds(s: &dyn VaultStorage) {
 }
 
 fn prefix_scan(s: &dyn VaultStorage) {
-    for k in [&b"cfg"[..], b"cfg.a", b"cfg.b", b"cfg/", b"cfh", b"cf", b"\xff", b"\xff\x00"] {
+    for k in [
+        &b"cfg"[..],
+        b"cfg.a",
+        b"cfg.b",
+        b"cfg/",
+        b"cfh",
+        b"cf",
+        b"\xff",
+        b"\xff\x00",
+    ] {
         put(s, k, b"v");
     }
     let keys = |p: &[u8]| -> Vec<Vec<u8>> {
@@ -269,7 +291,9 @@ fn many_keys_sorted(s: &dyn VaultStorage) {
     assert_matches_model(s, &model);
     assert_eq!(
         s.range(b"key00100", b"key00200").expect("range").len(),
-        model.range(b"key00100".to_vec()..b"key00200".to_vec()).count()
+        model
+            .range(b"key00100".to_vec()..b"key00200".to_vec())
+            .count()
     );
 }
 

@@ -7,6 +7,12 @@
 //! holding it means a sled lock conflict can only be our own previous instance winding
 //! down, which is waited for (bounded). sled also panics on some corrupt files: every call
 //! into sled is wrapped so a panic becomes [`Error::Corrupt`] naming the directory.
+//!
+//! sled 0.34 treats unreadable log segments as a torn tail and silently opens an empty (or
+//! shorter) database over garbage. To tell "new" from "lost its records", the vault writes a
+//! format marker into a sled tree of its own, and only once that is durable creates
+//! `vault.meta` beside it. A `vault.meta` without the marker means the files are damaged:
+//! [`Error::Corrupt`], rather than serving an empty vault in place of the node's data.
 use std::{
     fmt,
     fs::{File, OpenOptions},
@@ -23,6 +29,12 @@ const LOCK_FILE: &str = "vault.lock";
 /// How long to wait for a previous sled instance of this process to release its files.
 const SLED_RELEASE_WAIT: Duration = Duration::from_secs(10);
 const SLED_RELEASE_POLL: Duration = Duration::from_millis(10);
+/// Created once the format marker is durable in the database.
+const META_FILE: &str = "vault.meta";
+/// The sled tree of the vault's own records (not visible through the storage API).
+const META_TREE: &[u8] = b"__vault_meta";
+const FORMAT_KEY: &[u8] = b"format";
+const FORMAT: &[u8] = b"vault-sled-1";
 
 /// The on-disk [`VaultStorage`]: a sled database in one directory, exclusively locked.
 pub struct SledVaultStorage {
@@ -69,6 +81,7 @@ impl SledVaultStorage {
                 other => break other?,
             }
         };
+        check_format(&db, &path)?;
         tracing::debug!(path = %path.display(), recovered = db.was_recovered(), "vault database opened");
         Ok(Self {
             db,
@@ -112,6 +125,59 @@ fn lock_dir(dir: &Path) -> Result<File> {
     }
 }
 
+/// Tell a new database from one that lost its records (see the module docs).
+fn check_format(db: &sled::Db, dir: &Path) -> Result<()> {
+    let meta_file = dir.join(META_FILE);
+    let stored = guarded(dir, || db.open_tree(META_TREE)?.get(FORMAT_KEY))?;
+    let created_before = meta_file.try_exists().map_err(|source| Error::Io {
+        path: meta_file.clone(),
+        source,
+    })?;
+    match stored {
+        Some(format) if format == FORMAT => {
+            if !created_before {
+                write_meta_file(dir, &meta_file)?;
+            }
+            Ok(())
+        }
+        Some(format) => Err(Error::Corrupt {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "unknown vault format {:?}",
+                String::from_utf8_lossy(&format)
+            ),
+        }),
+        None if created_before => Err(Error::Corrupt {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "the database lost its records: {META_FILE} exists but the format marker is gone"
+            ),
+        }),
+        None => {
+            guarded(dir, || {
+                db.open_tree(META_TREE)?.insert(FORMAT_KEY, FORMAT)?;
+                db.flush()
+            })?;
+            write_meta_file(dir, &meta_file)
+        }
+    }
+}
+
+/// Create `vault.meta` durably: the file, then the directory entry.
+fn write_meta_file(dir: &Path, meta_file: &Path) -> Result<()> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    let mut contents = FORMAT.to_vec();
+    contents.push(b'\n');
+    std::fs::write(meta_file, contents).map_err(io(meta_file))?;
+    File::open(meta_file)
+        .and_then(|f| f.sync_all())
+        .map_err(io(meta_file))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
 /// sled 0.34 reports a held `db` lock as `io::Error(Other, "could not acquire lock on ...")`.
 fn is_sled_lock_error(e: &std::io::Error) -> bool {
     e.to_string().contains("could not acquire lock")
@@ -135,6 +201,14 @@ fn map_sled_error(path: &Path, e: sled::Error) -> Error {
             path: path.to_path_buf(),
             source,
         },
+        sled::Error::Corruption { at: Some(at), .. } => Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("corrupted data at {at:?}"),
+        },
+        sled::Error::Corruption { at: None, .. } => Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: "corrupted data".to_owned(),
+        },
         other => Error::Corrupt {
             path: path.to_path_buf(),
             reason: other.to_string(),
@@ -152,7 +226,9 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-fn to_pairs(iter: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>) -> sled::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+fn to_pairs(
+    iter: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+) -> sled::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     iter.map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
         .collect()
 }
