@@ -1,0 +1,34 @@
+//! Raft groups over the node's network (the design's "Loza"), on openraft 0.9.
+//!
+//! API boundary: [`RaftManager`] (the component) starts and stops groups by id;
+//! [`RaftGroup`] writes, reads linearizably and changes membership; [`StateMachine`] is the
+//! swap point users implement; [`LogStorage`] / [`LogStorageProvider`] keep logs and votes
+//! ([`SledLogProvider`] on disk, [`MemoryLogProvider`] for tests); [`testing`] runs
+//! openraft's own storage suite.
+//!
+//! Invariants:
+//! - openraft types never cross this crate's public API: other crates see node names,
+//!   [`LogPosition`], bytes and [`Error`];
+//! - a vote or a log append is reported done only after it is flushed; the fsyncs of
+//!   concurrent groups share one flush per database;
+//! - all groups share the node's network connections (one message group, the group id in
+//!   every message) and every request is served on its own task, so one group never blocks
+//!   another.
+mod config;
+mod error;
+mod log_store;
+mod state_machine;
+mod storage;
+pub mod testing;
+mod types;
+
+pub use crate::{
+    config::RaftConfiguration,
+    error::{Error, Result},
+    state_machine::StateMachine,
+    storage::{
+        FlushCallback, LogStorage, LogStorageProvider, MemoryLogProvider, MemoryLogStorage,
+        MetaKey, SledLogProvider, SledLogStorage,
+    },
+    types::{node_id, GroupMembers, LogPosition},
+};

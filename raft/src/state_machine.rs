@@ -1,0 +1,261 @@
+//! The state-machine swap point: users (MetaStorage, table partitions) implement
+//! [`StateMachine`] with plain bytes; [`StateMachineStore`] adapts it to openraft and keeps
+//! the raft-only bits (the applied membership, snapshot metadata) in the group's log storage.
+use std::{
+    io::Cursor,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use lifecycle::BoxError;
+use openraft::{
+    storage::RaftStateMachine, AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder,
+    Snapshot, StorageIOError,
+};
+use parking_lot::Mutex;
+
+use crate::{
+    log_store::{flush, read_meta, write_meta},
+    storage::{LogStorage, MetaKey},
+    types::{
+        Entry, LogId, LogPosition, Response, SnapshotMeta, StorageError, StoredMembership,
+        TypeConfig,
+    },
+};
+
+/// A replicated state machine: what a Raft group applies its committed commands to.
+///
+/// Every method is called from one group at a time; `apply` must be deterministic (every
+/// replica reaches the same state from the same commands).
+pub trait StateMachine: Send + Sync + 'static {
+    /// Position of the last applied entry, persisted atomically with the state.
+    fn last_applied(&self) -> Result<Option<LogPosition>, BoxError>;
+    /// Apply one committed command, persisting its effect and `position` atomically.
+    fn apply(&self, position: LogPosition, command: &[u8]) -> Result<Vec<u8>, BoxError>;
+    /// An entry without a command (blank, membership) still advances `last_applied`.
+    fn advance(&self, position: LogPosition) -> Result<(), BoxError>;
+    /// The full state as of `last_applied`, for a snapshot.
+    fn snapshot(&self) -> Result<Vec<u8>, BoxError>;
+    /// Replace the full state with a snapshot taken at `position`.
+    fn restore(&self, position: LogPosition, data: &[u8]) -> Result<(), BoxError>;
+}
+
+struct Shared {
+    group: String,
+    sm: Arc<dyn StateMachine>,
+    storage: Arc<dyn LogStorage>,
+    /// Serializes the user state machine: a snapshot never interleaves with an apply.
+    lock: Mutex<()>,
+    current: Mutex<Option<(SnapshotMeta, Vec<u8>)>>,
+    seq: AtomicU64,
+}
+
+/// openraft's view of a user [`StateMachine`]. Cheap to clone (the snapshot builder is one).
+#[derive(Clone)]
+pub(crate) struct StateMachineStore {
+    shared: Arc<Shared>,
+}
+
+fn sm_err(group: &str, what: &str, e: &BoxError) -> AnyError {
+    AnyError::error(format!("state machine of raft group {group}: {what}: {e}"))
+}
+
+impl StateMachineStore {
+    pub(crate) fn new(group: &str, sm: Arc<dyn StateMachine>, storage: Arc<dyn LogStorage>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                group: group.to_owned(),
+                sm,
+                storage,
+                lock: Mutex::new(()),
+                current: Mutex::new(None),
+                seq: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The full log id of an applied position: the user state machine keeps (index, term);
+    /// the leader's node id comes from the applied-id hint, the log, or the purge point.
+    fn resolve(&self, pos: LogPosition) -> Result<LogId, AnyError> {
+        let storage = self.shared.storage.as_ref();
+        let matches = |id: &LogId| LogPosition::from(id) == pos;
+        if let Some(id) = read_meta::<LogId>(storage, MetaKey::AppliedHint)? {
+            if matches(&id) {
+                return Ok(id);
+            }
+        }
+        let next = pos.index.saturating_add(1);
+        let raw = storage
+            .range(pos.index, next)
+            .map_err(|e| AnyError::new(&e))?;
+        if let Some((_, bytes)) = raw.first() {
+            let entry: Entry = crate::log_store::decode(bytes)?;
+            if matches(&entry.log_id) {
+                return Ok(entry.log_id);
+            }
+        }
+        if let Some(id) = read_meta::<LogId>(storage, MetaKey::LastPurged)? {
+            if matches(&id) {
+                return Ok(id);
+            }
+        }
+        Ok(LogId::new(openraft::CommittedLeaderId::new(pos.term, 0), pos.index))
+    }
+
+    fn applied(&self) -> Result<(Option<LogId>, StoredMembership), AnyError> {
+        let shared = &self.shared;
+        let last = shared
+            .sm
+            .last_applied()
+            .map_err(|e| sm_err(&shared.group, "read last applied", &e))?;
+        let last = match last {
+            Some(pos) => Some(self.resolve(pos)?),
+            None => None,
+        };
+        let membership: StoredMembership =
+            read_meta(shared.storage.as_ref(), MetaKey::AppliedMembership)?.unwrap_or_default();
+        Ok((last, membership))
+    }
+
+    fn build(&self) -> Result<Snapshot<TypeConfig>, AnyError> {
+        let shared = &self.shared;
+        let _serial = shared.lock.lock();
+        let (last, membership) = self.applied()?;
+        let data = shared
+            .sm
+            .snapshot()
+            .map_err(|e| sm_err(&shared.group, "build snapshot", &e))?;
+        let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
+        let snapshot_id = match last {
+            Some(last) => format!("{}-{}-{seq}", last.leader_id.term, last.index),
+            None => format!("empty-{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: membership,
+            snapshot_id,
+        };
+        tracing::info!(
+            group_id = %shared.group,
+            index = last.map(|l| l.index),
+            bytes = data.len(),
+            "built snapshot"
+        );
+        *shared.current.lock() = Some((meta.clone(), data.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        Ok(self.build().map_err(StorageIOError::read_state_machine)?)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let _serial = self.shared.lock.lock();
+        Ok(self.applied().map_err(StorageIOError::read_state_machine)?)
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let shared = Arc::clone(&self.shared);
+        let storage = shared.storage.as_ref();
+        let mut replies = Vec::new();
+        let mut last = None;
+        for entry in entries {
+            let id = entry.log_id;
+            let pos = LogPosition::from(&id);
+            let reply = match entry.payload {
+                EntryPayload::Normal(command) => {
+                    let _serial = shared.lock.lock();
+                    shared
+                        .sm
+                        .apply(pos, &command.0)
+                        .map_err(|e| StorageIOError::apply(id, sm_err(&shared.group, "apply", &e)))?
+                }
+                EntryPayload::Membership(membership) => {
+                    // the membership first: a crash before `advance` re-applies this entry
+                    let stored = StoredMembership::new(Some(id), membership);
+                    write_meta(storage, MetaKey::AppliedMembership, &stored)
+                        .map_err(|e| StorageIOError::apply(id, e))?;
+                    flush(storage).await.map_err(|e| StorageIOError::apply(id, e))?;
+                    let _serial = shared.lock.lock();
+                    shared
+                        .sm
+                        .advance(pos)
+                        .map_err(|e| StorageIOError::apply(id, sm_err(&shared.group, "advance", &e)))?;
+                    Vec::new()
+                }
+                EntryPayload::Blank => {
+                    let _serial = shared.lock.lock();
+                    shared
+                        .sm
+                        .advance(pos)
+                        .map_err(|e| StorageIOError::apply(id, sm_err(&shared.group, "advance", &e)))?;
+                    Vec::new()
+                }
+            };
+            replies.push(Response(reply));
+            last = Some(id);
+        }
+        if let Some(id) = last {
+            write_meta(storage, MetaKey::AppliedHint, &id).map_err(|e| StorageIOError::apply(id, e))?;
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let shared = Arc::clone(&self.shared);
+        let storage = shared.storage.as_ref();
+        let data = snapshot.into_inner();
+        let write_err = |e| StorageIOError::write_snapshot(Some(meta.signature()), e);
+        write_meta(storage, MetaKey::AppliedMembership, &meta.last_membership).map_err(write_err)?;
+        if let Some(id) = meta.last_log_id {
+            write_meta(storage, MetaKey::AppliedHint, &id).map_err(write_err)?;
+        }
+        flush(storage).await.map_err(write_err)?;
+        if let Some(id) = &meta.last_log_id {
+            let _serial = shared.lock.lock();
+            shared
+                .sm
+                .restore(LogPosition::from(id), &data)
+                .map_err(|e| write_err(sm_err(&shared.group, "restore snapshot", &e)))?;
+        }
+        tracing::info!(group_id = %shared.group, snapshot_id = %meta.snapshot_id, bytes = data.len(), "installed snapshot");
+        *shared.current.lock() = Some((meta.clone(), data));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        // Kept in memory only: after a restart openraft rebuilds one when logs were purged.
+        let current = self.shared.current.lock().clone();
+        Ok(current.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
