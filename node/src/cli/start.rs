@@ -1,0 +1,80 @@
+//! `ignite start`: run a node until a signal or a runtime fault.
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::{ignite::NodeOptions, telemetry, IgniteImpl};
+
+/// Flags override values from the file, which override the environment-free defaults.
+#[derive(Debug, Args)]
+pub(crate) struct StartArgs {
+    /// TOML configuration file (sections `[node]`, `[rest]`, ...).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Node name (`node.name`).
+    #[arg(long)]
+    name: Option<String>,
+    /// Data directory (`node.data_dir`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// REST address (`rest.listen`), e.g. 127.0.0.1:10300.
+    #[arg(long)]
+    rest: Option<String>,
+    /// Run as a one-node cluster (the embedded default) instead of waiting for `cluster init`.
+    #[arg(long)]
+    standalone: bool,
+}
+
+impl StartArgs {
+    fn options(&self) -> NodeOptions {
+        let mut options = NodeOptions {
+            config_file: self.config.clone(),
+            use_env: true,
+            overrides: Vec::new(),
+            standalone: self.standalone,
+        };
+        if let Some(name) = &self.name {
+            options = options.with("node.name", name.as_str());
+        }
+        if let Some(dir) = &self.data_dir {
+            options = options.with("node.data_dir", dir.to_string_lossy().into_owned());
+        }
+        if let Some(rest) = &self.rest {
+            options = options.with("rest.listen", rest.as_str());
+        }
+        options
+    }
+}
+
+pub(crate) async fn run(args: StartArgs) -> anyhow::Result<i32> {
+    telemetry::init_tracing();
+    let _ = telemetry::prometheus();
+    let ignite = IgniteImpl::start(args.options()).await?;
+    let outcome = ignite.run_until(shutdown_signal()).await;
+    if let Some(fault) = &outcome.fault {
+        eprintln!("error: node stopped after a runtime fault: {fault}");
+    }
+    for failure in &outcome.report.failures {
+        eprintln!("warning: {failure}");
+    }
+    Ok(outcome.exit_code())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => tracing::info!("sigint received"),
+                _ = term.recv() => tracing::info!("sigterm received"),
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot install signal handlers; stop with kill -9");
+            std::future::pending::<()>().await;
+        }
+    }
+}

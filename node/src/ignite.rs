@@ -1,0 +1,261 @@
+//! Node assembly: build each manager with its dependencies, register, start; the facade.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use configuration::{BootstrapConfig, ConfigurationManager, LocalConfigurationStorage, RootKey};
+use lifecycle::{LifecycleConfig, LifecycleManager, NodeState, RunLevel, RunOutcome, StopReport};
+use serde::Serialize;
+use vault::VaultManager;
+
+use crate::{
+    config::{NodeConfiguration, RestConfiguration},
+    error::{Error, Result},
+    rest::RestComponent,
+};
+
+/// How to start a node: the bootstrap sources, in increasing precedence file < environment <
+/// flags.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// TOML configuration file.
+    pub config_file: Option<PathBuf>,
+    /// Read `IGNITE__SECTION__KEY` environment variables (on for the binary).
+    pub use_env: bool,
+    /// Explicit values (`--name` becomes `("node.name", "n1")`), applied last.
+    pub overrides: Vec<(String, serde_json::Value)>,
+    /// Initialise as a one-node cluster instead of waiting for `cluster init` in `ZOMBIE`.
+    pub standalone: bool,
+}
+
+impl NodeOptions {
+    /// Options for a standalone node in `data_dir` with REST on an OS-assigned port: what
+    /// embedding code and tests want.
+    pub fn standalone(name: &str, data_dir: &Path) -> Self {
+        Self {
+            config_file: None,
+            use_env: false,
+            overrides: vec![
+                ("node.name".into(), name.into()),
+                (
+                    "node.data_dir".into(),
+                    data_dir.to_string_lossy().into_owned().into(),
+                ),
+                ("rest.listen".into(), "127.0.0.1:0".into()),
+            ],
+            standalone: true,
+        }
+    }
+
+    /// Add an override (`path`, JSON value).
+    #[must_use]
+    pub fn with(mut self, path: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.overrides.push((path.into(), value.into()));
+        self
+    }
+}
+
+/// What `GET /management/v1/node/info` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeInfo {
+    /// Node name.
+    pub name: String,
+    /// Current state.
+    pub state: NodeState,
+    /// Product version.
+    pub version: &'static str,
+    /// Process id.
+    pub pid: u32,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Bound REST address.
+    pub rest_address: Option<SocketAddr>,
+    /// Whether the node runs as a one-node cluster.
+    pub standalone: bool,
+    /// Seconds since the node was built.
+    pub uptime_seconds: f64,
+}
+
+struct Inner {
+    name: String,
+    data_dir: PathBuf,
+    standalone: bool,
+    created: Instant,
+    lifecycle: Arc<LifecycleManager>,
+    vault: Arc<VaultManager>,
+    configuration: Arc<ConfigurationManager>,
+    rest: Arc<RestComponent>,
+}
+
+/// The facade a started node offers: what REST handlers, the CLI and embedding code use.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct IgniteImpl {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for IgniteImpl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IgniteImpl")
+            .field("name", &self.inner.name)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// Every configuration root this node knows, in one place.
+fn roots() -> Vec<RootKey> {
+    vec![
+        RootKey::of::<NodeConfiguration>(),
+        RootKey::of::<RestConfiguration>(),
+    ]
+}
+
+impl IgniteImpl {
+    /// Build and start a node. On a start failure the components already started are stopped
+    /// and the error names the one that failed.
+    pub async fn start(options: NodeOptions) -> Result<Self> {
+        // The recorder goes in before any component records a metric.
+        let _ = crate::telemetry::prometheus();
+        let ignite = Self::build(options)?;
+        let reached = if ignite.inner.standalone {
+            NodeState::Started
+        } else {
+            NodeState::Zombie
+        };
+        ignite.inner.lifecycle.start_as(reached).await?;
+        let stored_name = ignite.inner.vault.name().await?;
+        tracing::info!(node = %ignite.name(), stored_name = ?stored_name, state = %ignite.state(), rest = ?ignite.rest_address(), "node started");
+        Ok(ignite)
+    }
+
+    /// Construct every manager with its dependencies (no I/O but reading the bootstrap
+    /// sources) and register them in startup order.
+    fn build(options: NodeOptions) -> Result<Self> {
+        let roots = roots();
+        let mut bootstrap = if options.use_env {
+            BootstrapConfig::load(&roots, options.config_file.as_deref())?
+        } else {
+            BootstrapConfig::load_with_env(
+                &roots,
+                options.config_file.as_deref(),
+                std::iter::empty(),
+            )?
+        };
+        for (path, value) in options.overrides {
+            bootstrap.set(&path, value)?;
+        }
+        let node_cfg: NodeConfiguration = bootstrap.root()?;
+        let data_dir = node_cfg.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| Error::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+
+        let lifecycle = Arc::new(LifecycleManager::new(LifecycleConfig {
+            stop_timeout: Duration::from_millis(node_cfg.stop_timeout_ms),
+        }));
+        // 1. vault
+        let vault = Arc::new(VaultManager::persistent(&data_dir));
+        // 2. configuration (local storage on the vault)
+        let local_storage = Arc::new(LocalConfigurationStorage::new(Arc::clone(&vault)));
+        let configuration = Arc::new(ConfigurationManager::new(
+            roots,
+            vec![local_storage],
+            Some(bootstrap),
+        ));
+        // REST answers from the zombie state on, so it comes right after configuration.
+        let rest = Arc::new(RestComponent::new(Arc::clone(&configuration)));
+
+        lifecycle.register(RunLevel::Zombie, vault.clone())?;
+        lifecycle.register(RunLevel::Zombie, configuration.clone())?;
+        lifecycle.register(RunLevel::Zombie, rest.clone())?;
+
+        let ignite = Self {
+            inner: Arc::new(Inner {
+                name: node_cfg.name,
+                data_dir,
+                standalone: options.standalone,
+                created: Instant::now(),
+                lifecycle,
+                vault,
+                configuration,
+                rest,
+            }),
+        };
+        ignite.inner.rest.attach(ignite.clone());
+        Ok(ignite)
+    }
+
+    /// The node's name (as stored in the vault at first start).
+    pub fn name(&self) -> String {
+        self.inner
+            .configuration
+            .root::<NodeConfiguration>()
+            .map(|c| c.name)
+            .unwrap_or_else(|_| self.inner.name.clone())
+    }
+
+    /// The current node state.
+    pub fn state(&self) -> NodeState {
+        self.inner.lifecycle.state()
+    }
+
+    /// A receiver of node state changes.
+    pub fn subscribe_state(&self) -> tokio::sync::watch::Receiver<NodeState> {
+        self.inner.lifecycle.subscribe()
+    }
+
+    /// The configuration manager (node-local roots; cluster roots come with MetaStorage).
+    pub fn configuration(&self) -> &Arc<ConfigurationManager> {
+        &self.inner.configuration
+    }
+
+    /// The vault.
+    pub fn vault(&self) -> &Arc<VaultManager> {
+        &self.inner.vault
+    }
+
+    /// The node-wide stop guard: user operations enter it.
+    pub fn guard(&self) -> &lifecycle::StopGuard {
+        self.inner.lifecycle.guard()
+    }
+
+    /// The address the REST API is bound to.
+    pub fn rest_address(&self) -> Option<SocketAddr> {
+        self.inner.rest.local_address()
+    }
+
+    /// A description of the node.
+    pub fn info(&self) -> NodeInfo {
+        NodeInfo {
+            name: self.name(),
+            state: self.state(),
+            version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id(),
+            data_dir: self.inner.data_dir.clone(),
+            rest_address: self.rest_address(),
+            standalone: self.inner.standalone,
+            uptime_seconds: self.inner.created.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// Keys of the bootstrap sources that were ignored because the vault already held
+    /// configuration.
+    pub fn ignored_bootstrap_keys(&self) -> Vec<String> {
+        self.inner.configuration.ignored_bootstrap_keys()
+    }
+
+    /// Stop every component in reverse order. Idempotent.
+    pub async fn stop(&self) -> StopReport {
+        self.inner.lifecycle.stop().await
+    }
+
+    /// Serve until `shutdown` completes or a component reports a runtime fault, then stop.
+    pub async fn run_until(&self, shutdown: impl std::future::Future<Output = ()>) -> RunOutcome {
+        self.inner.lifecycle.run(shutdown).await
+    }
+}

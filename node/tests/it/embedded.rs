@@ -1,0 +1,216 @@
+//! In-process nodes: the facade and the REST contract.
+use lifecycle::NodeState;
+use node::{IgniteImpl, NodeOptions};
+use serde_json::{json, Value};
+
+struct Rest {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Rest {
+    fn of(ignite: &IgniteImpl) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: format!("http://{}", ignite.rest_address().expect("rest bound")),
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, String, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, ct, r.text().await.unwrap())
+    }
+
+    async fn patch(&self, path: &str, body: &str) -> (u16, String, String) {
+        let r = self
+            .http
+            .patch(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, ct, r.text().await.unwrap())
+    }
+}
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not json ({e}): {s}"))
+}
+
+#[tokio::test]
+async fn standalone_node_serves_the_management_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let ignite = IgniteImpl::start(NodeOptions::standalone("emb", dir.path()))
+        .await
+        .unwrap();
+    assert_eq!(ignite.state(), NodeState::Started);
+    assert_eq!(ignite.name(), "emb");
+    let rest = Rest::of(&ignite);
+
+    let (s, _, body) = rest.get("/health").await;
+    assert_eq!(s, 200);
+    assert_eq!(json(&body)["status"], "UP");
+
+    let (s, _, body) = rest.get("/management/v1/node/state").await;
+    assert_eq!(s, 200);
+    assert_eq!(json(&body), json!({"name": "emb", "state": "STARTED"}));
+
+    let (s, _, body) = rest.get("/management/v1/configuration/node").await;
+    assert_eq!(s, 200);
+    let all = json(&body);
+    assert_eq!(all["node"]["name"], "emb");
+    assert_eq!(all["rest"]["listen"], "127.0.0.1:0");
+
+    let (s, _, body) = rest
+        .get("/management/v1/configuration/node/node/stop_timeout_ms")
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(json(&body), json!(10_000));
+
+    let (s, _, body) = rest
+        .patch(
+            "/management/v1/configuration/node/node.stop_timeout_ms",
+            "2500",
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(json(&body), json!(2500));
+    let (s, _, body) = rest
+        .patch(
+            "/management/v1/configuration/node",
+            r#"{"node": {"stop_timeout_ms": 3000}}"#,
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(json(&body)["node"]["stop_timeout_ms"], 3000);
+    assert_eq!(
+        ignite.configuration().get("node.stop_timeout_ms").unwrap(),
+        json!(3000)
+    );
+
+    let (s, _, body) = rest.get("/metrics").await;
+    assert_eq!(s, 200);
+    assert!(body.contains("ignite_node_state"), "{body}");
+    assert!(body.contains("ignite_component_start_seconds"), "{body}");
+
+    let report = ignite.stop().await;
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(ignite.state(), NodeState::Stopped);
+    assert!(
+        rest.http
+            .get(format!("{}/health", rest.base))
+            .send()
+            .await
+            .is_err(),
+        "rest closed after stop"
+    );
+}
+
+#[tokio::test]
+async fn rest_errors_are_problem_json_with_the_right_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let ignite = IgniteImpl::start(NodeOptions::standalone("errs", dir.path()))
+        .await
+        .unwrap();
+    let rest = Rest::of(&ignite);
+
+    let (s, ct, body) = rest.get("/management/v1/nope").await;
+    assert_eq!(s, 404);
+    assert_eq!(ct, "application/problem+json");
+    let p = json(&body);
+    assert_eq!(p["status"], 404);
+    assert!(p["detail"]
+        .as_str()
+        .unwrap()
+        .contains("/management/v1/nope"));
+
+    let (s, ct, body) = rest
+        .get("/management/v1/configuration/node/node.nosuch")
+        .await;
+    assert_eq!(s, 404, "{body}");
+    assert_eq!(ct, "application/problem+json");
+    assert!(
+        json(&body)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("node.nosuch"),
+        "{body}"
+    );
+
+    let (s, ct, body) = rest
+        .patch(
+            "/management/v1/configuration/node/node.stop_timeout_ms",
+            "{not json",
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(ct, "application/problem+json");
+    assert!(
+        json(&body)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"),
+        "{body}"
+    );
+
+    let (s, _, body) = rest
+        .patch(
+            "/management/v1/configuration/node/node.stop_timeout_ms",
+            "\"soon\"",
+        )
+        .await;
+    assert_eq!(s, 400, "{body}");
+    assert!(
+        json(&body)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("node.stop_timeout_ms"),
+        "{body}"
+    );
+    assert_eq!(
+        ignite.configuration().get("node.stop_timeout_ms").unwrap(),
+        json!(10_000),
+        "nothing changed"
+    );
+
+    ignite.stop().await;
+}
+
+#[tokio::test]
+async fn cluster_mode_node_waits_in_zombie() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = NodeOptions::standalone("z", dir.path());
+    options.standalone = false;
+    let ignite = IgniteImpl::start(options).await.unwrap();
+    assert_eq!(ignite.state(), NodeState::Zombie);
+    let (s, _, body) = Rest::of(&ignite).get("/management/v1/node/state").await;
+    assert_eq!(s, 200);
+    assert_eq!(json(&body)["state"], "ZOMBIE");
+    ignite.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_override_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = NodeOptions::standalone("bad", dir.path()).with("rest.nosuch", 1);
+    let err = IgniteImpl::start(options).await.unwrap_err().to_string();
+    assert!(err.contains("rest.nosuch"), "{err}");
+}

@@ -1,0 +1,5 @@
+//! Integration tests of the node: in-process (`embedded`) and real `ignite` processes
+//! (`process`).
+mod embedded;
+mod process;
+mod support;

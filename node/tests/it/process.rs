@@ -1,0 +1,166 @@
+//! The real `ignite` binary: start, state, config, signals, bad input.
+use crate::support::{run_cli, wait_for, NodeProcess};
+
+fn state_of(url: &str) -> Option<serde_json::Value> {
+    let (code, out, _) = run_cli(&["node", "state", "--url", url, "--output", "json"]);
+    (code == 0).then(|| serde_json::from_str(out.trim()).expect("json output"))
+}
+
+#[test]
+fn standalone_node_starts_answers_and_exits_zero_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(dir.path(), &["--standalone", "--name", "alpha"]);
+    let state = wait_for("STARTED", || {
+        state_of(&node.url()).filter(|v| v["state"] == "STARTED")
+    });
+    assert_eq!(state["name"], "alpha");
+
+    let (code, out, _) = run_cli(&["node", "state", "--url", &node.url()]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "alpha: STARTED");
+
+    let (code, out, _) = run_cli(&["node", "info", "--url", &node.url(), "--output", "json"]);
+    assert_eq!(code, 0);
+    let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(info["name"], "alpha");
+    assert_eq!(info["standalone"], true);
+    assert_eq!(info["pid"], node.pid());
+
+    let log_before = node.log();
+    let status = node.terminate();
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0; log: {log_before}");
+}
+
+#[test]
+fn config_update_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(dir.path(), &["--standalone", "--name", "beta"]);
+    wait_for("STARTED", || {
+        state_of(&node.url()).filter(|v| v["state"] == "STARTED")
+    });
+
+    let (code, out, err) = run_cli(&[
+        "node",
+        "config",
+        "update",
+        "node.stop_timeout_ms=4321",
+        "--url",
+        &node.url(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("4321"), "{out}");
+    let (code, _, err) = run_cli(&[
+        "node",
+        "config",
+        "update",
+        "node.stop_timeout_ms=1",
+        "--url",
+        &node.url(),
+    ]);
+    assert_ne!(code, 0, "out of range value is refused");
+    assert!(
+        err.contains("node.stop_timeout_ms"),
+        "error names the key: {err}"
+    );
+    assert_eq!(node.terminate().code(), Some(0));
+
+    // restart with a different --name: the vault wins and the flag is reported as ignored
+    let node = NodeProcess::start(dir.path(), &["--standalone", "--name", "other"]);
+    wait_for("STARTED", || {
+        state_of(&node.url()).filter(|v| v["state"] == "STARTED")
+    });
+    let (code, out, _) = run_cli(&[
+        "node",
+        "config",
+        "show",
+        "node.stop_timeout_ms",
+        "--url",
+        &node.url(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "4321");
+    let (_, out, _) = run_cli(&["node", "state", "--url", &node.url(), "--output", "json"]);
+    assert!(out.contains("\"beta\""), "the stored name wins: {out}");
+    assert!(
+        node.log().contains("ignored: vault was bootstrapped"),
+        "{}",
+        node.log()
+    );
+    assert_eq!(node.terminate().code(), Some(0));
+}
+
+#[test]
+fn bad_config_file_exits_non_zero_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ignite.toml");
+    std::fs::write(&file, "[node]\nname = \"n\"\nstop_timeout_msx = 5\n").unwrap();
+    let data = dir.path().join("data");
+    let (code, _, err) = run_cli(&[
+        "start",
+        "--config",
+        file.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--rest",
+        "127.0.0.1:0",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("stop_timeout_msx"), "names the key: {err}");
+    assert!(err.contains("ignite.toml"), "names the file: {err}");
+
+    std::fs::write(&file, "[rest]\nlisten = \"not an address\"\n").unwrap();
+    let (code, _, err) = run_cli(&[
+        "start",
+        "--config",
+        file.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("rest.listen"), "names the key: {err}");
+}
+
+#[test]
+fn second_node_on_the_same_data_dir_is_refused_while_the_first_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = NodeProcess::start(dir.path(), &["--standalone", "--name", "one"]);
+    wait_for("STARTED", || {
+        state_of(&first.url()).filter(|v| v["state"] == "STARTED")
+    });
+    let d = dir.path().to_string_lossy().into_owned();
+    let (code, _, err) = run_cli(&[
+        "start",
+        "--standalone",
+        "--data-dir",
+        &d,
+        "--rest",
+        "127.0.0.1:0",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("in use"), "clear error: {err}");
+    assert!(err.contains(&d), "names the directory: {err}");
+    let state = state_of(&first.url()).expect("first node still answers");
+    assert_eq!(state["state"], "STARTED");
+    assert_eq!(first.terminate().code(), Some(0));
+}
+
+#[test]
+fn client_errors_go_to_stderr_with_a_non_zero_exit() {
+    // nothing listens on port 9 (discard) of loopback
+    let (code, out, err) = run_cli(&["node", "state", "--url", "http://127.0.0.1:9"]);
+    assert_ne!(code, 0);
+    assert!(out.is_empty());
+    assert!(err.contains("cannot reach node"), "{err}");
+    let (code, _, err) = run_cli(&[
+        "node",
+        "config",
+        "update",
+        "novalue",
+        "--url",
+        "http://127.0.0.1:9",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("PATH=VALUE"), "{err}");
+}
