@@ -158,6 +158,12 @@ impl LifecycleManager {
     /// tasks before failing) are stopped in reverse order and the error names the failed
     /// component. A concurrent [`stop`](Self::stop) interrupts the start.
     pub async fn start(&self) -> Result<(), StartError> {
+        self.start_as(NodeState::Started).await
+    }
+
+    /// Like [`start`](Self::start) but publishes `reached` (for example `ZOMBIE` for a node
+    /// that waits for cluster init) once every component has started.
+    pub async fn start_as(&self, reached: NodeState) -> Result<(), StartError> {
         {
             let mut phase = self.phase.lock();
             match *phase {
@@ -228,7 +234,7 @@ impl LifecycleManager {
             }
             *phase = Phase::Started;
         }
-        self.set_state(NodeState::Started);
+        self.set_state(reached);
         Ok(())
     }
 
