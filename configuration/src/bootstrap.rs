@@ -38,7 +38,11 @@ impl BootstrapConfig {
     /// validates the result against `roots`. Errors name the file or variable, the full
     /// dotted key and the reason.
     pub fn load(roots: &[RootKey], file: Option<&Path>) -> Result<Self> {
-        Self::load_with_env(roots, file, std::env::vars())
+        // `vars_os`: a variable that is not unicode must not panic; such ones cannot be ours
+        let env = std::env::vars_os().filter_map(|(name, value)| {
+            Some((name.into_string().ok()?, value.into_string().ok()?))
+        });
+        Self::load_with_env(roots, file, env)
     }
 
     /// [`BootstrapConfig::load`] with an explicit environment: `(name, value)` pairs; names

@@ -165,6 +165,9 @@ impl ConfigurationManager {
     /// deepest first (`network.seeds`, then `network`, then `""`). An object merges into the
     /// object there (JSON merge patch; `null` resets a key to its default), anything else
     /// replaces. A listener error is returned; the change itself stays applied.
+    ///
+    /// A change is atomic within one storage. A change of `""` that spans roots of several
+    /// storages is validated as a whole first, then written storage by storage.
     pub async fn change(&self, path: &str, value: Value) -> Result<()> {
         let guard = self.inner.guard.lock().clone();
         let _ticket = guard.enter()?;
