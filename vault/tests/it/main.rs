@@ -5,3 +5,4 @@ mod conformance;
 mod manager;
 mod model;
 mod support;
+mod write_metric;
