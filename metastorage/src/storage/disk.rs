@@ -1,0 +1,695 @@
+//! [`SledKeyValueStorage`]: the on-disk storage, trees in one sled 0.34 database.
+//!
+//! Layout:
+//! - `entries`: `escape(key) 0x00 0x01 revision(be)` -> postcard `(value, update_counter)`;
+//!   the escaping (`0x00` -> `0x00 0xff`) keeps keys in byte order and every key's versions
+//!   together, ascending by revision, so a read at a revision is one reverse range step;
+//! - `revisions`: `revision(be)` -> the keys it wrote (what watches replay);
+//! - `commands`: command id -> `seq(be)` + outcome; `command_order`: `seq(be)` -> id;
+//! - `meta`: the counters and the last applied log position.
+//!
+//! A commit is one sled transaction over all trees. Readers never see half a commit: the
+//! counters are published in memory after the transaction, and reads only look at
+//! revisions at or below the published one. Compaction first commits its new revision,
+//! then prunes history under a lock that readers share; a crash mid-prune is finished at
+//! the next open (`pruned` lags `compacted`). A crash mid-restore leaves a `restoring`
+//! flag: the next open starts empty, so Raft sends the snapshot again.
+use std::{
+    panic::{catch_unwind, AssertUnwindSafe},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use sled::{transaction::ConflictableTransactionError, Transactional};
+
+use super::{
+    mvcc::{self, check_compacted, impl_key_value_storage, Backend, Meta, WriteSet},
+    CommandRecord, StorageSnapshot, DEFAULT_COMMAND_WINDOW,
+};
+use crate::{
+    command::{CommandId, Outcome},
+    entry::{Entry, LogPosition},
+    error::{Error, Result},
+};
+
+const FORMAT: &[u8] = b"1";
+const SLED_RELEASE_WAIT: Duration = Duration::from_secs(10);
+const SLED_RELEASE_POLL: Duration = Duration::from_millis(10);
+const IMPORT_BATCH: usize = 10_000;
+
+mod meta_key {
+    pub(super) const FORMAT: &[u8] = b"format";
+    pub(super) const REVISION: &[u8] = b"revision";
+    pub(super) const COMPACTED: &[u8] = b"compacted";
+    pub(super) const PRUNED: &[u8] = b"pruned";
+    pub(super) const UPDATE_COUNTER: &[u8] = b"update_counter";
+    pub(super) const LAST_APPLIED: &[u8] = b"last_applied";
+    pub(super) const COMMAND_SEQ: &[u8] = b"command_seq";
+    pub(super) const RESTORING: &[u8] = b"restoring";
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredVersion {
+    value: Option<Vec<u8>>,
+    update_counter: u64,
+}
+
+struct Trees {
+    entries: sled::Tree,
+    revisions: sled::Tree,
+    commands: sled::Tree,
+    command_order: sled::Tree,
+    meta: sled::Tree,
+}
+
+/// The on-disk [`KeyValueStorage`](super::KeyValueStorage): a sled database in one
+/// directory.
+pub struct SledKeyValueStorage {
+    db: sled::Db,
+    trees: Trees,
+    path: PathBuf,
+    meta: RwLock<Meta>,
+    /// Readers share it; pruning history takes it exclusively.
+    prune: RwLock<()>,
+    writer: Mutex<()>,
+    window: u64,
+}
+
+impl std::fmt::Debug for SledKeyValueStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledKeyValueStorage")
+            .field("path", &self.path)
+            .field("meta", &*self.meta.read())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SledKeyValueStorage {
+    /// Open (creating if needed) the database in directory `path` with the default
+    /// command-id window. Blocking.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
+        Self::open_with_command_window(path, DEFAULT_COMMAND_WINDOW)
+    }
+
+    /// Open with a command-id window of `window` ids. Blocking.
+    pub fn open_with_command_window(path: impl Into<PathBuf>, window: u64) -> Result<Self> {
+        let path = path.into();
+        std::fs::create_dir_all(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let deadline = Instant::now() + SLED_RELEASE_WAIT;
+        let db = loop {
+            let config = sled::Config::new().path(&path);
+            match guarded(&path, || config.open()) {
+                // sled's background threads of a previous instance in this process may
+                // still hold the file lock for a moment after it was dropped
+                Err(Error::Io { source, .. })
+                    if source.to_string().contains("could not acquire lock")
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(SLED_RELEASE_POLL);
+                }
+                other => break other?,
+            }
+        };
+        let tree = |name: &str| guarded(&path, || db.open_tree(name));
+        let trees = Trees {
+            entries: tree("entries")?,
+            revisions: tree("revisions")?,
+            commands: tree("commands")?,
+            command_order: tree("command_order")?,
+            meta: tree("meta")?,
+        };
+        let storage = Self {
+            db,
+            trees,
+            path,
+            meta: RwLock::new(Meta::default()),
+            prune: RwLock::new(()),
+            writer: Mutex::new(()),
+            window,
+        };
+        storage.recover()?;
+        Ok(storage)
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn call<T>(&self, f: impl FnOnce() -> sled::Result<T>) -> Result<T> {
+        guarded(&self.path, f)
+    }
+
+    fn corrupt(&self, reason: impl Into<String>) -> Error {
+        Error::Corrupt {
+            path: self.path.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    fn recover(&self) -> Result<()> {
+        let m = &self.trees.meta;
+        match self.call(|| m.get(meta_key::FORMAT))? {
+            None => {
+                if !self.trees.entries.is_empty() {
+                    return Err(self.corrupt("entries exist but the format marker is missing"));
+                }
+                self.call(|| m.insert(meta_key::FORMAT, FORMAT))?;
+            }
+            Some(f) if f == FORMAT => {}
+            Some(f) => {
+                return Err(self.corrupt(format!("unknown format {}", String::from_utf8_lossy(&f))))
+            }
+        }
+        if self.call(|| m.get(meta_key::RESTORING))?.is_some() {
+            tracing::warn!(path = %self.path.display(), "a snapshot restore was interrupted: starting empty");
+            self.clear_all()?;
+            self.call(|| m.remove(meta_key::RESTORING))?;
+            self.call(|| self.db.flush().map(drop))?;
+        }
+        let meta = Meta {
+            revision: self.read_u64(meta_key::REVISION)?,
+            compacted: self.read_u64(meta_key::COMPACTED)?,
+            update_counter: self.read_u64(meta_key::UPDATE_COUNTER)?,
+            last_applied: match self.call(|| m.get(meta_key::LAST_APPLIED))? {
+                None => None,
+                Some(b) => Some(
+                    LogPosition::from_bytes(&b)
+                        .ok_or_else(|| self.corrupt("last applied position is not 16 bytes"))?,
+                ),
+            },
+            command_seq: self.read_u64(meta_key::COMMAND_SEQ)?,
+        };
+        *self.meta.write() = meta;
+        if self.read_u64(meta_key::PRUNED)? < meta.compacted {
+            tracing::info!(path = %self.path.display(), compacted = meta.compacted, "finishing an interrupted compaction");
+            self.prune_to(meta.compacted)?;
+        }
+        tracing::debug!(path = %self.path.display(), revision = meta.revision, last_applied = ?meta.last_applied, "metastorage database opened");
+        Ok(())
+    }
+
+    fn read_u64(&self, key: &[u8]) -> Result<u64> {
+        match self.call(|| self.trees.meta.get(key))? {
+            None => Ok(0),
+            Some(b) => b.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| {
+                self.corrupt(format!(
+                    "meta value {} is not 8 bytes",
+                    String::from_utf8_lossy(key)
+                ))
+            }),
+        }
+    }
+
+    fn clear_all(&self) -> Result<()> {
+        let t = &self.trees;
+        for tree in [&t.entries, &t.revisions, &t.commands, &t.command_order] {
+            self.call(|| tree.clear())?;
+        }
+        for key in [
+            meta_key::REVISION,
+            meta_key::COMPACTED,
+            meta_key::PRUNED,
+            meta_key::UPDATE_COUNTER,
+            meta_key::LAST_APPLIED,
+            meta_key::COMMAND_SEQ,
+        ] {
+            self.call(|| t.meta.remove(key))?;
+        }
+        Ok(())
+    }
+
+    fn decode_entry(&self, k: &[u8], v: &[u8]) -> Result<Entry> {
+        let (key, revision) = decode_versioned(k)
+            .ok_or_else(|| self.corrupt("an entry key is not a versioned key"))?;
+        let stored: StoredVersion = postcard::from_bytes(v).map_err(|e| {
+            self.corrupt(format!(
+                "version {revision} of key {} does not decode: {e}",
+                String::from_utf8_lossy(&key)
+            ))
+        })?;
+        Ok(Entry {
+            key,
+            tombstone: stored.value.is_none(),
+            value: stored.value,
+            revision,
+            update_counter: stored.update_counter,
+        })
+    }
+
+    /// Drop every version compaction to `compacted` does not keep; idempotent.
+    fn prune_to(&self, compacted: u64) -> Result<()> {
+        let _exclusive = self.prune.write();
+        let mut batch = sled::Batch::default();
+        let mut pruned = 0u64;
+        let mut group: Vec<(sled::IVec, Entry)> = Vec::new();
+        let mut flush_group = |group: &mut Vec<(sled::IVec, Entry)>, batch: &mut sled::Batch| {
+            let history: Vec<Entry> = group.iter().map(|(_, e)| e.clone()).collect();
+            let kept: Vec<u64> = mvcc::retained(&history, compacted)
+                .map(|e| e.revision)
+                .collect();
+            for (k, e) in group.drain(..) {
+                if !kept.contains(&e.revision) {
+                    batch.remove(k);
+                    pruned += 1;
+                }
+            }
+        };
+        for item in self.trees.entries.iter() {
+            let (k, v) = self.call(|| item)?;
+            let e = self.decode_entry(&k, &v)?;
+            if group.first().is_some_and(|(_, g)| g.key != e.key) {
+                flush_group(&mut group, &mut batch);
+            }
+            group.push((k, e));
+        }
+        flush_group(&mut group, &mut batch);
+        let mut revs = sled::Batch::default();
+        for item in self.trees.revisions.range(..=compacted.to_be_bytes()) {
+            let (k, _) = self.call(|| item)?;
+            revs.remove(k);
+        }
+        self.call(|| self.trees.entries.apply_batch(batch))?;
+        self.call(|| self.trees.revisions.apply_batch(revs))?;
+        self.call(|| {
+            self.trees
+                .meta
+                .insert(meta_key::PRUNED, &compacted.to_be_bytes())
+                .map(drop)
+        })?;
+        tracing::debug!(path = %self.path.display(), compacted, pruned, "history compacted");
+        Ok(())
+    }
+
+    fn flush_impl(&self) -> Result<()> {
+        self.call(|| self.db.flush().map(drop))
+    }
+}
+
+impl Drop for SledKeyValueStorage {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush_impl() {
+            tracing::warn!(path = %self.path.display(), error = %e, "metastorage flush on close failed");
+        }
+    }
+}
+
+/// `key` with `0x00` escaped as `0x00 0xff`, then the terminator `0x00 0x01`.
+fn encode_key(key: &[u8]) -> Vec<u8> {
+    let mut out = escape(key);
+    out.extend_from_slice(&[0x00, 0x01]);
+    out
+}
+
+fn escape(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 10);
+    for &b in key {
+        out.push(b);
+        if b == 0 {
+            out.push(0xff);
+        }
+    }
+    out
+}
+
+fn versioned(key: &[u8], revision: u64) -> Vec<u8> {
+    let mut out = encode_key(key);
+    out.extend_from_slice(&revision.to_be_bytes());
+    out
+}
+
+fn decode_versioned(bytes: &[u8]) -> Option<(Vec<u8>, u64)> {
+    let mut key = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    loop {
+        match *bytes.get(i)? {
+            0 => match *bytes.get(i + 1)? {
+                0xff => key.push(0),
+                0x01 => break,
+                _ => return None,
+            },
+            b => {
+                key.push(b);
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    let rest = bytes.get(i + 2..)?;
+    let revision = u64::from_be_bytes(rest.try_into().ok()?);
+    Some((key, revision))
+}
+
+impl Backend for SledKeyValueStorage {
+    fn writer(&self) -> &Mutex<()> {
+        &self.writer
+    }
+
+    fn meta(&self) -> Meta {
+        *self.meta.read()
+    }
+
+    fn command_window(&self) -> u64 {
+        self.window
+    }
+
+    fn version_at(&self, key: &[u8], revision: u64) -> Result<Option<Entry>> {
+        let _shared = self.prune.read();
+        check_compacted(revision, self.meta.read().compacted)?;
+        let found = self.call(|| {
+            self.trees
+                .entries
+                .range(versioned(key, 0)..=versioned(key, revision))
+                .next_back()
+                .transpose()
+        })?;
+        found.map(|(k, v)| self.decode_entry(&k, &v)).transpose()
+    }
+
+    fn scan_at(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        prefix: bool,
+        revision: u64,
+    ) -> Result<Vec<Entry>> {
+        let _shared = self.prune.read();
+        check_compacted(revision, self.meta.read().compacted)?;
+        let iter = if prefix {
+            self.trees.entries.scan_prefix(escape(from))
+        } else {
+            match to {
+                Some(to) => self.trees.entries.range(encode_key(from)..encode_key(to)),
+                None => self.trees.entries.range(encode_key(from)..),
+            }
+        };
+        let mut out = Vec::new();
+        // the best version so far of the current key: (key, its raw row)
+        let mut current: Option<Vec<u8>> = None;
+        let mut best: Option<(sled::IVec, sled::IVec)> = None;
+        for item in iter {
+            let (k, v) = self.call(|| item)?;
+            let (key, rev) = decode_versioned(&k)
+                .ok_or_else(|| self.corrupt("an entry key is not a versioned key"))?;
+            if current.as_deref() != Some(key.as_slice()) {
+                if let Some((bk, bv)) = best.take() {
+                    out.push(self.decode_entry(&bk, &bv)?);
+                }
+                current = Some(key);
+            }
+            if rev <= revision {
+                best = Some((k, v));
+            }
+        }
+        if let Some((bk, bv)) = best {
+            out.push(self.decode_entry(&bk, &bv)?);
+        }
+        Ok(out)
+    }
+
+    fn keys_of_revision(&self, revision: u64) -> Result<Vec<Vec<u8>>> {
+        let _shared = self.prune.read();
+        mvcc::check_replayable(revision, self.meta.read().compacted)?;
+        match self.call(|| self.trees.revisions.get(revision.to_be_bytes()))? {
+            None => Ok(Vec::new()),
+            Some(b) => postcard::from_bytes(&b).map_err(|e| {
+                self.corrupt(format!("revision index of {revision} does not decode: {e}"))
+            }),
+        }
+    }
+
+    fn command(&self, id: &CommandId) -> Result<Option<Outcome>> {
+        match self.call(|| self.trees.commands.get(id.to_bytes()))? {
+            None => Ok(None),
+            Some(b) => postcard::from_bytes::<(u64, Outcome)>(&b)
+                .map(|(_, o)| Some(o))
+                .map_err(|e| self.corrupt(format!("command record does not decode: {e}"))),
+        }
+    }
+
+    fn command_at_seq(&self, seq: u64) -> Result<Option<CommandId>> {
+        match self.call(|| self.trees.command_order.get(seq.to_be_bytes()))? {
+            None => Ok(None),
+            Some(b) => CommandId::from_bytes(&b)
+                .map(Some)
+                .ok_or_else(|| self.corrupt("a command id is not 24 bytes")),
+        }
+    }
+
+    fn commit(&self, ws: WriteSet) -> Result<()> {
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = ws
+            .entries
+            .iter()
+            .map(|e| {
+                let stored = StoredVersion {
+                    value: e.value.clone(),
+                    update_counter: e.update_counter,
+                };
+                postcard::to_allocvec(&stored)
+                    .map(|v| (versioned(&e.key, e.revision), v))
+                    .map_err(|err| Error::encode("entry", err))
+            })
+            .collect::<Result<_>>()?;
+        let index = if ws.entries.is_empty() {
+            None
+        } else {
+            let keys: Vec<&[u8]> = ws.entries.iter().map(|e| e.key.as_slice()).collect();
+            Some(postcard::to_allocvec(&keys).map_err(|e| Error::encode("revision index", e))?)
+        };
+        let record = ws
+            .record
+            .map(|r| {
+                postcard::to_allocvec(&(r.seq, r.outcome))
+                    .map(|v| (r, v))
+                    .map_err(|e| Error::encode("command record", e))
+            })
+            .transpose()?;
+        let m = ws.meta;
+        let t = &self.trees;
+        self.call(|| {
+            (
+                &t.entries,
+                &t.revisions,
+                &t.commands,
+                &t.command_order,
+                &t.meta,
+            )
+                .transaction(|(entries, revisions, commands, order, meta)| {
+                    for (k, v) in &rows {
+                        entries.insert(k.as_slice(), v.as_slice())?;
+                    }
+                    if let Some(index) = &index {
+                        revisions.insert(&m.revision.to_be_bytes(), index.as_slice())?;
+                    }
+                    if let Some((r, v)) = &record {
+                        commands.insert(&r.id.to_bytes(), v.as_slice())?;
+                        order.insert(&r.seq.to_be_bytes(), &r.id.to_bytes())?;
+                    }
+                    if let Some((seq, id)) = ws.evict {
+                        order.remove(&seq.to_be_bytes())?;
+                        commands.remove(&id.to_bytes())?;
+                    }
+                    meta.insert(meta_key::REVISION, &m.revision.to_be_bytes())?;
+                    meta.insert(meta_key::COMPACTED, &m.compacted.to_be_bytes())?;
+                    meta.insert(meta_key::UPDATE_COUNTER, &m.update_counter.to_be_bytes())?;
+                    meta.insert(meta_key::COMMAND_SEQ, &m.command_seq.to_be_bytes())?;
+                    if let Some(p) = m.last_applied {
+                        meta.insert(meta_key::LAST_APPLIED, &p.to_bytes())?;
+                    }
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| match e {
+                    sled::transaction::TransactionError::Storage(e) => e,
+                    sled::transaction::TransactionError::Abort(()) => {
+                        sled::Error::Unsupported("transaction aborted".into())
+                    }
+                })
+        })?;
+        if ws.compact {
+            {
+                let _exclusive = self.prune.write();
+                *self.meta.write() = m;
+            }
+            self.prune_to(m.compacted)?;
+        } else {
+            *self.meta.write() = m;
+        }
+        Ok(())
+    }
+
+    fn export(&self) -> Result<StorageSnapshot> {
+        let _shared = self.prune.read();
+        let m = *self.meta.read();
+        let mut entries = Vec::new();
+        for item in self.trees.entries.iter() {
+            let (k, v) = self.call(|| item)?;
+            entries.push(self.decode_entry(&k, &v)?);
+        }
+        let mut commands = Vec::new();
+        for item in self.trees.command_order.iter() {
+            let (k, v) = self.call(|| item)?;
+            let seq = k
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| self.corrupt("a command sequence number is not 8 bytes"))?;
+            let id = CommandId::from_bytes(&v)
+                .ok_or_else(|| self.corrupt("a command id is not 24 bytes"))?;
+            let outcome = self
+                .command(&id)?
+                .ok_or_else(|| self.corrupt(format!("command record {seq} is missing")))?;
+            commands.push(CommandRecord { seq, id, outcome });
+        }
+        Ok(StorageSnapshot {
+            revision: m.revision,
+            compacted: m.compacted,
+            update_counter: m.update_counter,
+            last_applied: m.last_applied,
+            command_seq: m.command_seq,
+            entries,
+            commands,
+        })
+    }
+
+    fn import(&self, snapshot: StorageSnapshot) -> Result<()> {
+        let _exclusive = self.prune.write();
+        let t = &self.trees;
+        self.call(|| t.meta.insert(meta_key::RESTORING, b"1").map(drop))?;
+        self.call(|| self.db.flush().map(drop))?;
+        self.clear_all()?;
+        let mut index: std::collections::BTreeMap<u64, Vec<&[u8]>> = Default::default();
+        for chunk in snapshot.entries.chunks(IMPORT_BATCH) {
+            let mut batch = sled::Batch::default();
+            for e in chunk {
+                let stored = StoredVersion {
+                    value: e.value.clone(),
+                    update_counter: e.update_counter,
+                };
+                let v =
+                    postcard::to_allocvec(&stored).map_err(|err| Error::encode("entry", err))?;
+                batch.insert(versioned(&e.key, e.revision), v);
+                if e.revision > snapshot.compacted {
+                    index.entry(e.revision).or_default().push(&e.key);
+                }
+            }
+            self.call(|| t.entries.apply_batch(batch))?;
+        }
+        let mut batch = sled::Batch::default();
+        for (rev, mut keys) in index {
+            keys.sort();
+            let v = postcard::to_allocvec(&keys).map_err(|e| Error::encode("revision index", e))?;
+            batch.insert(&rev.to_be_bytes(), v);
+        }
+        self.call(|| t.revisions.apply_batch(batch))?;
+        let (mut commands, mut order) = (sled::Batch::default(), sled::Batch::default());
+        for r in &snapshot.commands {
+            let v = postcard::to_allocvec(&(r.seq, r.outcome))
+                .map_err(|e| Error::encode("command record", e))?;
+            commands.insert(&r.id.to_bytes(), v);
+            order.insert(&r.seq.to_be_bytes(), &r.id.to_bytes());
+        }
+        self.call(|| t.commands.apply_batch(commands))?;
+        self.call(|| t.command_order.apply_batch(order))?;
+        let m = Meta::of(&snapshot);
+        let mut batch = sled::Batch::default();
+        batch.insert(meta_key::REVISION, &m.revision.to_be_bytes());
+        batch.insert(meta_key::COMPACTED, &m.compacted.to_be_bytes());
+        batch.insert(meta_key::PRUNED, &m.compacted.to_be_bytes());
+        batch.insert(meta_key::UPDATE_COUNTER, &m.update_counter.to_be_bytes());
+        batch.insert(meta_key::COMMAND_SEQ, &m.command_seq.to_be_bytes());
+        if let Some(p) = m.last_applied {
+            batch.insert(meta_key::LAST_APPLIED, &p.to_bytes());
+        }
+        batch.remove(meta_key::RESTORING);
+        self.call(|| t.meta.apply_batch(batch))?;
+        self.call(|| self.db.flush().map(drop))?;
+        *self.meta.write() = m;
+        Ok(())
+    }
+}
+
+impl_key_value_storage!(SledKeyValueStorage);
+
+/// Call into sled, turning its errors and panics into errors naming `path`.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> sled::Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(sled::Error::Io(source))) => Err(Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Ok(Err(other)) => Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: other.to_string(),
+        }),
+        Err(panic) => Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("sled panicked: {}", panic_message(panic.as_ref())),
+        }),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versioned_keys_round_trip_and_keep_key_order() {
+        let keys: Vec<&[u8]> = vec![
+            b"",
+            b"\x00",
+            b"\x00\x00",
+            b"\x00\x01",
+            b"a",
+            b"a\x00",
+            b"a\x00b",
+            b"ab",
+            b"\xff",
+            b"\xff\x00",
+        ];
+        let mut encoded = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            for rev in [0u64, 1, u64::MAX] {
+                let v = versioned(k, rev);
+                assert_eq!(decode_versioned(&v), Some((k.to_vec(), rev)));
+                encoded.push((v, i, rev));
+            }
+        }
+        let mut sorted = encoded.clone();
+        sorted.sort();
+        let order: Vec<(usize, u64)> = sorted.iter().map(|(_, i, r)| (*i, *r)).collect();
+        let expected: Vec<(usize, u64)> = encoded.iter().map(|(_, i, r)| (*i, *r)).collect();
+        assert_eq!(
+            order, expected,
+            "byte order of encodings = (key, revision) order"
+        );
+        assert_eq!(decode_versioned(b"a\x00\x02"), None);
+        assert_eq!(decode_versioned(b"a\x00\x01\x00"), None);
+        assert_eq!(decode_versioned(b"a"), None);
+    }
+
+    #[test]
+    fn escaped_prefix_matches_only_keys_with_that_prefix() {
+        let p = escape(b"a\x00");
+        assert!(versioned(b"a\x00b", 1).starts_with(&p));
+        assert!(versioned(b"a\x00", 1).starts_with(&p));
+        assert!(!versioned(b"a", 1).starts_with(&p));
+        assert!(!versioned(b"a\x01", 1).starts_with(&p));
+    }
+}

@@ -1,0 +1,225 @@
+//! [`MemoryKeyValueStorage`]: the in-memory storage, for tests and embedding.
+//!
+//! Each key keeps its history as a sorted vector of versions; one read-write lock over the
+//! whole state makes every commit atomic for readers.
+use std::{
+    collections::{BTreeMap, HashMap},
+    ops::Bound,
+};
+
+use parking_lot::{Mutex, RwLock};
+
+use super::{
+    mvcc::{self, check_compacted, impl_key_value_storage, Backend, Meta, WriteSet},
+    CommandRecord, StorageSnapshot, DEFAULT_COMMAND_WINDOW,
+};
+use crate::{
+    command::{CommandId, Outcome},
+    entry::Entry,
+    error::Result,
+};
+
+#[derive(Default)]
+struct State {
+    meta: Meta,
+    /// key -> versions, ascending revision
+    keys: BTreeMap<Vec<u8>, Vec<Entry>>,
+    /// revision -> keys it wrote (key order)
+    revisions: BTreeMap<u64, Vec<Vec<u8>>>,
+    commands: HashMap<CommandId, (u64, Outcome)>,
+    command_order: BTreeMap<u64, CommandId>,
+}
+
+impl State {
+    fn version_at(&self, key: &[u8], revision: u64) -> Option<Entry> {
+        let history = self.keys.get(key)?;
+        let n = history.partition_point(|e| e.revision <= revision);
+        n.checked_sub(1).map(|i| history[i].clone())
+    }
+}
+
+/// The in-memory [`KeyValueStorage`](super::KeyValueStorage).
+pub struct MemoryKeyValueStorage {
+    state: RwLock<State>,
+    writer: Mutex<()>,
+    window: u64,
+}
+
+impl std::fmt::Debug for MemoryKeyValueStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.state.read();
+        f.debug_struct("MemoryKeyValueStorage")
+            .field("revision", &s.meta.revision)
+            .field("keys", &s.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryKeyValueStorage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryKeyValueStorage {
+    /// An empty storage with the default command-id window.
+    pub fn new() -> Self {
+        Self::with_command_window(DEFAULT_COMMAND_WINDOW)
+    }
+
+    /// An empty storage remembering the last `window` command ids.
+    pub fn with_command_window(window: u64) -> Self {
+        Self {
+            state: RwLock::new(State::default()),
+            writer: Mutex::new(()),
+            window,
+        }
+    }
+
+    fn flush_impl(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Backend for MemoryKeyValueStorage {
+    fn writer(&self) -> &Mutex<()> {
+        &self.writer
+    }
+
+    fn meta(&self) -> Meta {
+        self.state.read().meta
+    }
+
+    fn command_window(&self) -> u64 {
+        self.window
+    }
+
+    fn version_at(&self, key: &[u8], revision: u64) -> Result<Option<Entry>> {
+        let s = self.state.read();
+        check_compacted(revision, s.meta.compacted)?;
+        Ok(s.version_at(key, revision))
+    }
+
+    fn scan_at(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        prefix: bool,
+        revision: u64,
+    ) -> Result<Vec<Entry>> {
+        let s = self.state.read();
+        check_compacted(revision, s.meta.compacted)?;
+        let upper = match to {
+            Some(to) if !prefix => Bound::Excluded(to),
+            _ => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for (key, history) in s.keys.range::<[u8], _>((Bound::Included(from), upper)) {
+            if prefix && !key.starts_with(from) {
+                break;
+            }
+            let n = history.partition_point(|e| e.revision <= revision);
+            if let Some(i) = n.checked_sub(1) {
+                out.push(history[i].clone());
+            }
+        }
+        Ok(out)
+    }
+
+    fn keys_of_revision(&self, revision: u64) -> Result<Vec<Vec<u8>>> {
+        let s = self.state.read();
+        mvcc::check_replayable(revision, s.meta.compacted)?;
+        Ok(s.revisions.get(&revision).cloned().unwrap_or_default())
+    }
+
+    fn command(&self, id: &CommandId) -> Result<Option<Outcome>> {
+        Ok(self.state.read().commands.get(id).map(|(_, o)| *o))
+    }
+
+    fn command_at_seq(&self, seq: u64) -> Result<Option<CommandId>> {
+        Ok(self.state.read().command_order.get(&seq).copied())
+    }
+
+    fn commit(&self, ws: WriteSet) -> Result<()> {
+        let mut s = self.state.write();
+        if !ws.entries.is_empty() {
+            let keys = ws.entries.iter().map(|e| e.key.clone()).collect();
+            s.revisions.insert(ws.meta.revision, keys);
+            for e in ws.entries {
+                s.keys.entry(e.key.clone()).or_default().push(e);
+            }
+        }
+        if let Some(CommandRecord { seq, id, outcome }) = ws.record {
+            s.commands.insert(id, (seq, outcome));
+            s.command_order.insert(seq, id);
+        }
+        if let Some((seq, id)) = ws.evict {
+            s.command_order.remove(&seq);
+            s.commands.remove(&id);
+        }
+        if ws.compact {
+            let compacted = ws.meta.compacted;
+            s.keys.retain(|_, history| {
+                let kept: Vec<Entry> = mvcc::retained(history, compacted).cloned().collect();
+                *history = kept;
+                !history.is_empty()
+            });
+            s.revisions = s.revisions.split_off(&(compacted + 1));
+        }
+        s.meta = ws.meta;
+        Ok(())
+    }
+
+    fn export(&self) -> Result<StorageSnapshot> {
+        let s = self.state.read();
+        let meta = s.meta;
+        Ok(StorageSnapshot {
+            revision: meta.revision,
+            compacted: meta.compacted,
+            update_counter: meta.update_counter,
+            last_applied: meta.last_applied,
+            command_seq: meta.command_seq,
+            entries: s.keys.values().flatten().cloned().collect(),
+            commands: s
+                .command_order
+                .iter()
+                .filter_map(|(&seq, id)| {
+                    let (_, outcome) = s.commands.get(id)?;
+                    Some(CommandRecord {
+                        seq,
+                        id: *id,
+                        outcome: *outcome,
+                    })
+                })
+                .collect(),
+        })
+    }
+
+    fn import(&self, snapshot: StorageSnapshot) -> Result<()> {
+        let mut fresh = State {
+            meta: Meta::of(&snapshot),
+            ..State::default()
+        };
+        for e in snapshot.entries {
+            if e.revision > snapshot.compacted {
+                fresh
+                    .revisions
+                    .entry(e.revision)
+                    .or_default()
+                    .push(e.key.clone());
+            }
+            fresh.keys.entry(e.key.clone()).or_default().push(e);
+        }
+        for keys in fresh.revisions.values_mut() {
+            keys.sort();
+        }
+        for r in snapshot.commands {
+            fresh.commands.insert(r.id, (r.seq, r.outcome));
+            fresh.command_order.insert(r.seq, r.id);
+        }
+        *self.state.write() = fresh;
+        Ok(())
+    }
+}
+
+impl_key_value_storage!(MemoryKeyValueStorage);

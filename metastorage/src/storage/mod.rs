@@ -1,0 +1,215 @@
+//! The storage swap point: the [`KeyValueStorage`] trait, its snapshot format and its two
+//! implementations (sled on disk, memory for tests and embedding).
+//!
+//! Both implementations share the MVCC rules in `mvcc` (how a command turns into versions,
+//! idempotency, compaction); each owns its physical layout and its atomicity.
+mod disk;
+mod memory;
+pub(crate) mod mvcc;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::{disk::SledKeyValueStorage, memory::MemoryKeyValueStorage};
+use crate::{
+    command::{self, CommandId, CommandOp, Condition, Operation, Outcome},
+    entry::{Entry, LogPosition},
+    error::{Error, Result},
+};
+
+/// How many command ids a storage remembers for idempotent retries, unless told otherwise.
+/// Every replica must use the same window (it is part of the replicated state machine).
+pub const DEFAULT_COMMAND_WINDOW: u64 = 10_000;
+
+/// The bookkeeping that travels with one applied command.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyContext {
+    /// The command's id: a command whose id was applied before is not applied again, and
+    /// its first outcome is returned.
+    pub id: Option<CommandId>,
+    /// The Raft log position of the command, persisted atomically with its effects.
+    pub position: Option<LogPosition>,
+}
+
+/// A remembered command id and the outcome it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    /// The order in which it was applied (1, 2, ...): the window evicts the oldest.
+    pub seq: u64,
+    /// The command's id.
+    pub id: CommandId,
+    /// Its outcome.
+    pub outcome: Outcome,
+}
+
+/// A full copy of a storage's state: what a Raft snapshot carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageSnapshot {
+    /// The storage revision.
+    pub revision: u64,
+    /// The revision the history is compacted to.
+    pub compacted: u64,
+    /// The global update counter.
+    pub update_counter: u64,
+    /// The last applied log position.
+    pub last_applied: Option<LogPosition>,
+    /// How many commands with ids were applied so far.
+    pub command_seq: u64,
+    /// Every retained version, in key order and then revision order.
+    pub entries: Vec<Entry>,
+    /// The remembered command ids, oldest first.
+    pub commands: Vec<CommandRecord>,
+}
+
+impl StorageSnapshot {
+    /// Encode (format version byte + postcard).
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        command::encode("snapshot", self)
+    }
+
+    /// Decode and check the invariants a storage relies on; never panics.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let s: Self = command::decode("snapshot", bytes)?;
+        s.validate()
+            .map_err(|reason| Error::decode("snapshot", reason))?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.compacted > self.revision {
+            return Err(format!(
+                "compacted revision {} is above revision {}",
+                self.compacted, self.revision
+            ));
+        }
+        let mut prev: Option<&Entry> = None;
+        for e in &self.entries {
+            if e.revision == 0 || e.revision > self.revision {
+                return Err(format!(
+                    "entry revision {} outside 1..={}",
+                    e.revision, self.revision
+                ));
+            }
+            if e.update_counter == 0 || e.update_counter > self.update_counter {
+                return Err(format!(
+                    "entry update counter {} outside 1..={}",
+                    e.update_counter, self.update_counter
+                ));
+            }
+            if e.tombstone != e.value.is_none() {
+                return Err("a tombstone must have no value and a live entry one".into());
+            }
+            if let Some(p) = prev {
+                if (&p.key, p.revision) >= (&e.key, e.revision) {
+                    return Err("entries are not sorted by key and revision".into());
+                }
+            }
+            prev = Some(e);
+        }
+        let mut last_seq = 0;
+        for c in &self.commands {
+            if c.seq <= last_seq || c.seq > self.command_seq {
+                return Err(format!("command record seq {} out of order", c.seq));
+            }
+            last_seq = c.seq;
+        }
+        Ok(())
+    }
+}
+
+/// A revisioned (MVCC) key-value store: the state of the MetaStorage state machine.
+///
+/// One global revision, bumped by every write command that changes something; every
+/// version keeps its revision, a global update counter and a tombstone flag. Reads take an
+/// optional revision (`None`: the latest); reading below the compacted revision fails with
+/// [`Error::Compacted`], above the current one with [`Error::RevisionAhead`]. `range` and
+/// `prefix` return live entries only; `get` returns the latest version, a tombstone included.
+///
+/// All writes go through [`apply`](Self::apply), which applies the command, its command-id
+/// record and its log position in one atomic step. Writes are atomic but not necessarily
+/// durable when `apply` returns (the Raft log is): [`flush`](Self::flush) makes them so.
+pub trait KeyValueStorage: Send + Sync + 'static {
+    /// The current revision (0 for an empty storage).
+    fn revision(&self) -> u64;
+    /// The revision the history is compacted to (0: never compacted).
+    fn compacted_revision(&self) -> u64;
+    /// The last applied log position, if any.
+    fn last_applied(&self) -> Option<LogPosition>;
+    /// The latest version of `key` at revision `at` (a tombstone included).
+    fn get(&self, key: &[u8], at: Option<u64>) -> Result<Option<Entry>>;
+    /// [`get`](Self::get) for each key, in the order given, all at the same revision.
+    fn get_all(&self, keys: &[Vec<u8>], at: Option<u64>) -> Result<Vec<Option<Entry>>>;
+    /// Live entries with keys in `[from, to)` (`to: None`: no upper bound), in key order.
+    fn range(&self, from: &[u8], to: Option<&[u8]>, at: Option<u64>) -> Result<Vec<Entry>>;
+    /// Live entries whose keys start with `prefix`, in key order.
+    fn prefix(&self, prefix: &[u8], at: Option<u64>) -> Result<Vec<Entry>>;
+    /// The versions written by `revision`, in key order (what a watch replays).
+    fn revision_entries(&self, revision: u64) -> Result<Vec<Entry>>;
+    /// Apply one write command atomically with its bookkeeping (see [`ApplyContext`]).
+    fn apply(&self, op: &CommandOp, ctx: &ApplyContext) -> Result<Outcome>;
+    /// A full copy of the state.
+    fn snapshot(&self) -> Result<StorageSnapshot>;
+    /// Replace the whole state with `snapshot`.
+    fn restore(&self, snapshot: StorageSnapshot) -> Result<()>;
+    /// Make everything applied so far durable.
+    fn flush(&self) -> Result<()>;
+
+    /// Record that the log reached `position` without changing data (a blank or membership
+    /// entry).
+    fn advance(&self, position: LogPosition) -> Result<()> {
+        let ctx = ApplyContext {
+            id: None,
+            position: Some(position),
+        };
+        self.apply(&CommandOp::Write { ops: Vec::new() }, &ctx)
+            .map(drop)
+    }
+
+    /// Set `key` to `value`; returns the new revision.
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<u64> {
+        let op = CommandOp::put(key, value);
+        Ok(self.apply(&op, &ApplyContext::default())?.revision)
+    }
+
+    /// Set every key to its value in one revision; returns the revision.
+    fn put_all(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<u64> {
+        let op = CommandOp::put_all(entries.iter().cloned());
+        Ok(self.apply(&op, &ApplyContext::default())?.revision)
+    }
+
+    /// Remove `key`; returns the revision (unchanged if the key had no live value).
+    fn remove(&self, key: &[u8]) -> Result<u64> {
+        let op = CommandOp::remove(key);
+        Ok(self.apply(&op, &ApplyContext::default())?.revision)
+    }
+
+    /// Remove every key in one revision; returns the revision.
+    fn remove_all(&self, keys: &[Vec<u8>]) -> Result<u64> {
+        let op = CommandOp::remove_all(keys.iter().cloned());
+        Ok(self.apply(&op, &ApplyContext::default())?.revision)
+    }
+
+    /// Apply `success` if `condition` holds on the latest state, else `failure`; returns
+    /// whether it held.
+    fn invoke(
+        &self,
+        condition: &Condition,
+        success: &[Operation],
+        failure: &[Operation],
+    ) -> Result<bool> {
+        let op = CommandOp::invoke(condition.clone(), success.to_vec(), failure.to_vec());
+        Ok(self.apply(&op, &ApplyContext::default())?.succeeded)
+    }
+
+    /// Compact history up to `revision`; refuses a revision above the current one.
+    fn compact(&self, revision: u64) -> Result<()> {
+        let current = self.revision();
+        if revision > current {
+            return Err(Error::RevisionAhead {
+                requested: revision,
+                current,
+            });
+        }
+        self.apply(&CommandOp::Compact { revision }, &ApplyContext::default())
+            .map(drop)
+    }
+}

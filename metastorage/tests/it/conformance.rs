@@ -1,0 +1,201 @@
+//! The conformance suite on both storages, and what only the sled storage promises: data,
+//! counters, command ids and the last applied position survive a reopen.
+use metastorage::{
+    testing, ApplyContext, CommandId, CommandOp, Error, KeyValueStorage, LogPosition,
+    MemoryKeyValueStorage, Outcome, SledKeyValueStorage,
+};
+
+use crate::support::Dirs;
+
+#[test]
+fn memory_storage_passes_the_suite() {
+    testing::run_all(&|| Box::new(MemoryKeyValueStorage::new()));
+}
+
+#[test]
+fn sled_storage_passes_the_suite() {
+    let dirs = Dirs::default();
+    testing::run_all(&|| Box::new(dirs.sled()));
+}
+
+#[test]
+#[should_panic(expected = "metastorage conformance case")]
+fn a_broken_storage_fails_the_suite() {
+    /// Forgets the revision of every read: always answers at the latest.
+    struct Forgetful(MemoryKeyValueStorage);
+    impl KeyValueStorage for Forgetful {
+        fn revision(&self) -> u64 {
+            self.0.revision()
+        }
+        fn compacted_revision(&self) -> u64 {
+            self.0.compacted_revision()
+        }
+        fn last_applied(&self) -> Option<LogPosition> {
+            self.0.last_applied()
+        }
+        fn get(
+            &self,
+            key: &[u8],
+            _: Option<u64>,
+        ) -> metastorage::Result<Option<metastorage::Entry>> {
+            self.0.get(key, None)
+        }
+        fn get_all(
+            &self,
+            keys: &[Vec<u8>],
+            _: Option<u64>,
+        ) -> metastorage::Result<Vec<Option<metastorage::Entry>>> {
+            self.0.get_all(keys, None)
+        }
+        fn range(
+            &self,
+            from: &[u8],
+            to: Option<&[u8]>,
+            _: Option<u64>,
+        ) -> metastorage::Result<Vec<metastorage::Entry>> {
+            self.0.range(from, to, None)
+        }
+        fn prefix(
+            &self,
+            prefix: &[u8],
+            _: Option<u64>,
+        ) -> metastorage::Result<Vec<metastorage::Entry>> {
+            self.0.prefix(prefix, None)
+        }
+        fn revision_entries(&self, revision: u64) -> metastorage::Result<Vec<metastorage::Entry>> {
+            self.0.revision_entries(revision)
+        }
+        fn apply(&self, op: &CommandOp, ctx: &ApplyContext) -> metastorage::Result<Outcome> {
+            self.0.apply(op, ctx)
+        }
+        fn snapshot(&self) -> metastorage::Result<metastorage::StorageSnapshot> {
+            self.0.snapshot()
+        }
+        fn restore(&self, snapshot: metastorage::StorageSnapshot) -> metastorage::Result<()> {
+            self.0.restore(snapshot)
+        }
+        fn flush(&self) -> metastorage::Result<()> {
+            Ok(())
+        }
+    }
+    testing::run_all(&|| Box::new(Forgetful(MemoryKeyValueStorage::new())));
+}
+
+#[test]
+fn sled_reopen_keeps_data_counters_ids_and_last_applied() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let id = CommandId::new(uuid::Uuid::from_u128(5), 1);
+    let first;
+    {
+        let s = SledKeyValueStorage::open(dir.path()).expect("open");
+        s.put(b"a", b"1").expect("put");
+        s.put(b"b\x00", b"2").expect("put");
+        s.remove(b"a").expect("remove");
+        s.put(b"c", b"3").expect("put");
+        s.compact(2).expect("compact");
+        let ctx = ApplyContext {
+            id: Some(id),
+            position: Some(LogPosition::new(42, 7)),
+        };
+        first = s.apply(&CommandOp::put("d", "4"), &ctx).expect("apply");
+        s.flush().expect("flush");
+    }
+    let s = SledKeyValueStorage::open(dir.path()).expect("reopen");
+    assert_eq!(s.revision(), 5);
+    assert_eq!(s.compacted_revision(), 2);
+    assert_eq!(s.last_applied(), Some(LogPosition::new(42, 7)));
+    assert!(matches!(
+        s.get(b"a", Some(1)),
+        Err(Error::Compacted {
+            requested: 1,
+            compacted: 2
+        })
+    ));
+    let live: Vec<(Vec<u8>, u64, u64)> = s
+        .range(b"", None, None)
+        .expect("range")
+        .into_iter()
+        .map(|e| (e.key, e.revision, e.update_counter))
+        .collect();
+    assert_eq!(
+        live,
+        vec![
+            (b"b\x00".to_vec(), 2, 2),
+            (b"c".to_vec(), 4, 4),
+            (b"d".to_vec(), 5, 5)
+        ]
+    );
+    assert!(s.get(b"a", None).expect("get").is_some_and(|e| e.tombstone));
+    let ctx = ApplyContext {
+        id: Some(id),
+        position: Some(LogPosition::new(43, 7)),
+    };
+    assert_eq!(
+        s.apply(&CommandOp::put("d", "4"), &ctx).expect("retry"),
+        first,
+        "ids persist"
+    );
+    assert_eq!(s.revision(), 5);
+    assert_eq!(s.put(b"e", b"5").expect("put"), 6, "revisions continue");
+    assert_eq!(
+        s.get(b"e", None).expect("get").map(|e| e.update_counter),
+        Some(6)
+    );
+}
+
+#[test]
+fn sled_refuses_a_database_of_another_format() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let db = sled::open(dir.path()).expect("raw sled");
+        db.open_tree("meta")
+            .expect("tree")
+            .insert("format", "99")
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    let err = SledKeyValueStorage::open(dir.path()).expect_err("unknown format");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("unknown format 99"), "{msg}");
+    assert!(
+        msg.contains(&dir.path().display().to_string()),
+        "names the directory: {msg}"
+    );
+}
+
+#[test]
+fn command_window_evicts_the_oldest_ids_on_both_storages() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let storages: Vec<Box<dyn KeyValueStorage>> = vec![
+        Box::new(MemoryKeyValueStorage::with_command_window(2)),
+        Box::new(SledKeyValueStorage::open_with_command_window(dir.path(), 2).expect("open")),
+    ];
+    for s in storages {
+        let id = |seq| CommandId::new(uuid::Uuid::from_u128(3), seq);
+        let ctx = |seq| ApplyContext {
+            id: Some(id(seq)),
+            position: None,
+        };
+        for seq in 1..=3 {
+            s.apply(&CommandOp::put("k", format!("{seq}")), &ctx(seq))
+                .expect("apply");
+        }
+        assert_eq!(s.revision(), 3);
+        assert_eq!(
+            s.apply(&CommandOp::put("k", "3"), &ctx(3))
+                .expect("retry within the window"),
+            Outcome {
+                revision: 3,
+                succeeded: true
+            }
+        );
+        assert_eq!(s.revision(), 3);
+        s.apply(&CommandOp::put("k", "1"), &ctx(1))
+            .expect("evicted id");
+        assert_eq!(s.revision(), 4, "an id outside the window is applied anew");
+        let snap = s.snapshot().expect("snapshot");
+        let seqs: Vec<u64> = snap.commands.iter().map(|c| c.id.seq).collect();
+        assert_eq!(seqs, vec![3, 1], "the window holds the last two ids");
+    }
+}
