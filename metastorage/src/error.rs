@@ -69,6 +69,14 @@ pub enum Error {
         /// The listener's error.
         reason: String,
     },
+    /// Watch delivery stopped on a failure (a listener's or the storage's) at `revision`.
+    #[error("watch delivery stopped at revision {revision}: {reason}")]
+    DeliveryFailed {
+        /// The revision that could not be delivered.
+        revision: u64,
+        /// The failure.
+        reason: String,
+    },
     /// The component is stopping (or stopped): retry elsewhere, not fatal.
     #[error(transparent)]
     Stopping(#[from] lifecycle::Stopping),

@@ -267,8 +267,9 @@ impl WatchProcessor {
         self.status.borrow().clone()
     }
 
-    /// Wait until every revision up to `revision` is delivered; fails if delivery failed or
-    /// stopped, or after `timeout`.
+    /// Wait until every revision up to `revision` is delivered. Fails with
+    /// [`Error::DeliveryFailed`] if delivery stopped on a failure, [`Error::Stopping`] once
+    /// the processor stops, and [`Error::RevisionAhead`] (retry later) after `timeout`.
     pub async fn wait_delivered(&self, revision: u64, timeout: Duration) -> Result<()> {
         let mut rx = self.status.subscribe();
         let wait = async {
@@ -276,8 +277,7 @@ impl WatchProcessor {
                 {
                     let s = rx.borrow_and_update();
                     if let Some(reason) = &s.failed {
-                        return Err(Error::ListenerFailed {
-                            watch: 0,
+                        return Err(Error::DeliveryFailed {
                             revision: s.delivered + 1,
                             reason: reason.clone(),
                         });

@@ -283,6 +283,10 @@ async fn a_failing_listener_stops_delivery_and_is_reported() {
         .wait_delivered(3, DEADLINE)
         .await
         .expect_err("delivery failed");
+    assert!(
+        matches!(err, Error::DeliveryFailed { revision: 2, .. }),
+        "{err}"
+    );
     let msg = err.to_string();
     assert!(msg.contains("cannot handle revision 2"), "{msg}");
     assert!(msg.contains("revision 2"), "{msg}");
