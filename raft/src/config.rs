@@ -53,7 +53,10 @@ impl RaftConfiguration {
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
             ("snapshot_logs_since_last", self.snapshot_logs_since_last),
             ("max_payload_entries", self.max_payload_entries),
-            ("install_snapshot_timeout_ms", self.install_snapshot_timeout_ms),
+            (
+                "install_snapshot_timeout_ms",
+                self.install_snapshot_timeout_ms,
+            ),
             ("write_timeout_ms", self.write_timeout_ms),
         ];
         for (key, value) in positive {

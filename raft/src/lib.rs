@@ -16,7 +16,10 @@
 //!   another.
 mod config;
 mod error;
+mod group;
 mod log_store;
+mod manager;
+mod rpc;
 mod state_machine;
 mod storage;
 pub mod testing;
@@ -25,6 +28,8 @@ mod types;
 pub use crate::{
     config::RaftConfiguration,
     error::{Error, Result},
+    group::{GroupMetrics, RaftGroup, Role},
+    manager::RaftManager,
     state_machine::StateMachine,
     storage::{
         FlushCallback, LogStorage, LogStorageProvider, MemoryLogProvider, MemoryLogStorage,

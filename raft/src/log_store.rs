@@ -96,7 +96,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .range(from, to)
             .map_err(|e| StorageIOError::read_logs(any(e)))?;
         raw.iter()
-            .map(|(_, bytes)| decode::<Entry>(bytes).map_err(|e| StorageIOError::read_logs(e).into()))
+            .map(|(_, bytes)| {
+                decode::<Entry>(bytes).map_err(|e| StorageIOError::read_logs(e).into())
+            })
             .collect()
     }
 }
@@ -106,7 +108,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> =
-            read_meta(self.storage.as_ref(), MetaKey::LastPurged).map_err(StorageIOError::read_logs)?;
+            read_meta(self.storage.as_ref(), MetaKey::LastPurged)
+                .map_err(StorageIOError::read_logs)?;
         let last = self
             .storage
             .last()
@@ -130,7 +133,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        write_meta(self.storage.as_ref(), MetaKey::Vote, vote).map_err(StorageIOError::write_vote)?;
+        write_meta(self.storage.as_ref(), MetaKey::Vote, vote)
+            .map_err(StorageIOError::write_vote)?;
         // a vote counts only once it is on disk
         flush(self.storage.as_ref())
             .await
@@ -155,14 +159,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(committed.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut raw = Vec::new();
         for entry in entries {
-            raw.push((entry.log_id.index, encode(&entry).map_err(StorageIOError::write_logs)?));
+            raw.push((
+                entry.log_id.index,
+                encode(&entry).map_err(StorageIOError::write_logs)?,
+            ));
         }
         self.storage
             .append(raw)

@@ -11,8 +11,8 @@ use std::{
 
 use lifecycle::BoxError;
 use openraft::{
-    storage::RaftStateMachine, AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder,
-    Snapshot, StorageIOError,
+    storage::RaftStateMachine, AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot,
+    StorageIOError,
 };
 use parking_lot::Mutex;
 
@@ -63,7 +63,11 @@ fn sm_err(group: &str, what: &str, e: &BoxError) -> AnyError {
 }
 
 impl StateMachineStore {
-    pub(crate) fn new(group: &str, sm: Arc<dyn StateMachine>, storage: Arc<dyn LogStorage>) -> Self {
+    pub(crate) fn new(
+        group: &str,
+        sm: Arc<dyn StateMachine>,
+        storage: Arc<dyn LogStorage>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 group: group.to_owned(),
@@ -101,7 +105,10 @@ impl StateMachineStore {
                 return Ok(id);
             }
         }
-        Ok(LogId::new(openraft::CommittedLeaderId::new(pos.term, 0), pos.index))
+        Ok(LogId::new(
+            openraft::CommittedLeaderId::new(pos.term, 0),
+            pos.index,
+        ))
     }
 
     fn applied(&self) -> Result<(Option<LogId>, StoredMembership), AnyError> {
@@ -180,30 +187,29 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let reply = match entry.payload {
                 EntryPayload::Normal(command) => {
                     let _serial = shared.lock.lock();
-                    shared
-                        .sm
-                        .apply(pos, &command.0)
-                        .map_err(|e| StorageIOError::apply(id, sm_err(&shared.group, "apply", &e)))?
+                    shared.sm.apply(pos, &command.0).map_err(|e| {
+                        StorageIOError::apply(id, sm_err(&shared.group, "apply", &e))
+                    })?
                 }
                 EntryPayload::Membership(membership) => {
                     // the membership first: a crash before `advance` re-applies this entry
                     let stored = StoredMembership::new(Some(id), membership);
                     write_meta(storage, MetaKey::AppliedMembership, &stored)
                         .map_err(|e| StorageIOError::apply(id, e))?;
-                    flush(storage).await.map_err(|e| StorageIOError::apply(id, e))?;
+                    flush(storage)
+                        .await
+                        .map_err(|e| StorageIOError::apply(id, e))?;
                     let _serial = shared.lock.lock();
-                    shared
-                        .sm
-                        .advance(pos)
-                        .map_err(|e| StorageIOError::apply(id, sm_err(&shared.group, "advance", &e)))?;
+                    shared.sm.advance(pos).map_err(|e| {
+                        StorageIOError::apply(id, sm_err(&shared.group, "advance", &e))
+                    })?;
                     Vec::new()
                 }
                 EntryPayload::Blank => {
                     let _serial = shared.lock.lock();
-                    shared
-                        .sm
-                        .advance(pos)
-                        .map_err(|e| StorageIOError::apply(id, sm_err(&shared.group, "advance", &e)))?;
+                    shared.sm.advance(pos).map_err(|e| {
+                        StorageIOError::apply(id, sm_err(&shared.group, "advance", &e))
+                    })?;
                     Vec::new()
                 }
             };
@@ -211,7 +217,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             last = Some(id);
         }
         if let Some(id) = last {
-            write_meta(storage, MetaKey::AppliedHint, &id).map_err(|e| StorageIOError::apply(id, e))?;
+            write_meta(storage, MetaKey::AppliedHint, &id)
+                .map_err(|e| StorageIOError::apply(id, e))?;
         }
         Ok(replies)
     }
@@ -233,7 +240,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let storage = shared.storage.as_ref();
         let data = snapshot.into_inner();
         let write_err = |e| StorageIOError::write_snapshot(Some(meta.signature()), e);
-        write_meta(storage, MetaKey::AppliedMembership, &meta.last_membership).map_err(write_err)?;
+        write_meta(storage, MetaKey::AppliedMembership, &meta.last_membership)
+            .map_err(write_err)?;
         if let Some(id) = meta.last_log_id {
             write_meta(storage, MetaKey::AppliedHint, &id).map_err(write_err)?;
         }

@@ -386,7 +386,10 @@ impl LogStorageProvider for SledLogProvider {
     fn group(&self, group_id: &str) -> Result<Arc<dyn LogStorage>> {
         let open = self.open.lock();
         let Some(open) = open.as_ref() else {
-            return Err(Error::storage(self.path_name(), "raft log storage is not open"));
+            return Err(Error::storage(
+                self.path_name(),
+                "raft log storage is not open",
+            ));
         };
         let name = format!("{} group {group_id}", self.path_name());
         let log = open
@@ -434,14 +437,20 @@ mod tests {
         storage
             .append((1..=10).map(|i| (i, vec![i as u8])).collect())
             .unwrap();
-        assert_eq!(storage.range(3, 5).unwrap(), vec![(3, vec![3]), (4, vec![4])]);
+        assert_eq!(
+            storage.range(3, 5).unwrap(),
+            vec![(3, vec![3]), (4, vec![4])]
+        );
         assert_eq!(storage.last().unwrap(), Some((10, vec![10])));
         storage.truncate_from(8).unwrap();
         assert_eq!(storage.last().unwrap(), Some((7, vec![7])));
         storage.purge_upto(2).unwrap();
         assert_eq!(storage.range(0, 100).unwrap().first(), Some(&(3, vec![3])));
         storage.put_meta(MetaKey::Vote, b"v").unwrap();
-        assert_eq!(storage.get_meta(MetaKey::Vote).unwrap(), Some(b"v".to_vec()));
+        assert_eq!(
+            storage.get_meta(MetaKey::Vote).unwrap(),
+            Some(b"v".to_vec())
+        );
         assert_eq!(storage.get_meta(MetaKey::Committed).unwrap(), None);
     }
 
@@ -462,7 +471,10 @@ mod tests {
         exercise(group.as_ref());
         flush_and_wait(group.as_ref()).unwrap();
         // the same group again sees the same log
-        assert_eq!(provider.group("g").unwrap().last().unwrap(), Some((7, vec![7])));
+        assert_eq!(
+            provider.group("g").unwrap().last().unwrap(),
+            Some((7, vec![7]))
+        );
         assert_eq!(provider.group("other").unwrap().last().unwrap(), None);
     }
 
@@ -512,9 +524,7 @@ mod tests {
             }));
         }
         for _ in 0..groups {
-            assert!(rx
-                .recv_timeout(std::time::Duration::from_secs(10))
-                .unwrap());
+            assert!(rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap());
         }
         provider.close().unwrap();
     }

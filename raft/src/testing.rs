@@ -92,13 +92,13 @@ impl StateMachine for MemoryStateMachine {
         let mut state = self.state.lock();
         state.data = data;
         state.applied = Some(position);
+        state.commands = 0;
         Ok(())
     }
 }
 
 /// Makes a fresh, empty log storage plus whatever must live as long as it (a temp dir).
-pub type MakeStorage =
-    dyn Fn() -> (Arc<dyn LogStorage>, Box<dyn Any + Send + Sync>) + Send + Sync;
+pub type MakeStorage = dyn Fn() -> (Arc<dyn LogStorage>, Box<dyn Any + Send + Sync>) + Send + Sync;
 
 struct Builder {
     make: Box<MakeStorage>,

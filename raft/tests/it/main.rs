@@ -1,2 +1,4 @@
 //! Integration tests of the raft crate: storage conformance and groups over real networks.
+mod cluster;
+mod groups;
 mod storage_suite;

@@ -1,0 +1,610 @@
+//! [`RaftGroup`]: one Raft group running on this node, with openraft kept inside.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use lifecycle::{StopGuard, Stopping};
+use network::{MessagingService, TopologyService};
+use openraft::{
+    error::{CheckIsLeaderError, ClientWriteError, Fatal, RaftError},
+    BasicNode, ChangeMembers, RaftMetrics, ServerState,
+};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::{
+    config::RaftConfiguration,
+    error::{Error, Result},
+    rpc::{self, RaftReply, RaftRequest, Rejection},
+    types::{basic_node, node_id, Command, LogPosition, Raft},
+};
+
+/// The role of this node in a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Accepts writes and replicates them.
+    Leader,
+    /// A voter following the leader.
+    Follower,
+    /// A voter asking for votes.
+    Candidate,
+    /// Replicates without voting.
+    Learner,
+    /// The group stopped on this node.
+    Shutdown,
+}
+
+impl Role {
+    fn from_state(state: ServerState) -> Self {
+        match state {
+            ServerState::Leader => Self::Leader,
+            ServerState::Follower => Self::Follower,
+            ServerState::Candidate => Self::Candidate,
+            ServerState::Learner => Self::Learner,
+            ServerState::Shutdown => Self::Shutdown,
+        }
+    }
+
+    /// A number for gauges: leader 0, follower 1, candidate 2, learner 3, shutdown 4.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Leader => 0,
+            Self::Follower => 1,
+            Self::Candidate => 2,
+            Self::Learner => 3,
+            Self::Shutdown => 4,
+        }
+    }
+}
+
+/// A point-in-time view of a group on this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMetrics {
+    /// The group id.
+    pub group: String,
+    /// This node's name.
+    pub node: String,
+    /// This node's role.
+    pub role: Role,
+    /// The current term.
+    pub term: u64,
+    /// The leader's node name, when known.
+    pub leader: Option<String>,
+    /// Index of the last entry in the local log.
+    pub last_log_index: Option<u64>,
+    /// The last entry applied to the state machine.
+    pub last_applied: Option<LogPosition>,
+    /// The last entry covered by the current snapshot.
+    pub snapshot: Option<LogPosition>,
+    /// The last purged entry.
+    pub purged: Option<LogPosition>,
+    /// Voters of the current membership.
+    pub voters: Vec<String>,
+    /// Learners of the current membership.
+    pub learners: Vec<String>,
+    /// On the leader: entries each peer is behind the leader's last log index.
+    pub replication_lag: BTreeMap<String, u64>,
+}
+
+impl GroupMetrics {
+    pub(crate) fn from_raft(group: &str, node: &str, m: &RaftMetrics<u64, BasicNode>) -> Self {
+        let membership = m.membership_config.membership();
+        let name_of = |id: &u64| {
+            membership
+                .get_node(id)
+                .map_or_else(|| format!("#{id}"), |n| n.addr.clone())
+        };
+        let last_log = m.last_log_index.unwrap_or(0);
+        let replication_lag = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, matched)| {
+                        let matched = matched.map_or(0, |l| l.index);
+                        (name_of(id), last_log.saturating_sub(matched))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            group: group.to_owned(),
+            node: node.to_owned(),
+            role: Role::from_state(m.state),
+            term: m.current_term,
+            leader: m.current_leader.as_ref().map(name_of),
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.as_ref().map(LogPosition::from),
+            snapshot: m.snapshot.as_ref().map(LogPosition::from),
+            purged: m.purged.as_ref().map(LogPosition::from),
+            voters: membership.voter_ids().map(|id| name_of(&id)).collect(),
+            learners: membership.learner_ids().map(|id| name_of(&id)).collect(),
+            replication_lag,
+        }
+    }
+
+    /// Publishes the metrics as gauges labelled by group (and peer for the lag).
+    pub(crate) fn publish(&self) {
+        let group = self.group.clone();
+        metrics::gauge!("ignite_raft_role", "group" => group.clone())
+            .set(f64::from(self.role.code()));
+        metrics::gauge!("ignite_raft_term", "group" => group.clone()).set(self.term as f64);
+        metrics::gauge!("ignite_raft_is_leader", "group" => group.clone())
+            .set(if self.role == Role::Leader { 1.0 } else { 0.0 });
+        metrics::gauge!("ignite_raft_last_log_index", "group" => group.clone())
+            .set(self.last_log_index.unwrap_or(0) as f64);
+        metrics::gauge!("ignite_raft_applied_index", "group" => group.clone())
+            .set(self.last_applied.map_or(0, |p| p.index) as f64);
+        for (peer, lag) in &self.replication_lag {
+            metrics::gauge!("ignite_raft_replication_lag", "group" => group.clone(), "peer" => peer.clone())
+                .set(*lag as f64);
+        }
+    }
+}
+
+pub(crate) struct GroupInner {
+    pub(crate) id: String,
+    pub(crate) local: String,
+    pub(crate) raft: Raft,
+    pub(crate) config: RaftConfiguration,
+    pub(crate) messaging: MessagingService,
+    pub(crate) topology: TopologyService,
+    pub(crate) guard: StopGuard,
+}
+
+/// One Raft group on this node. Cheap to clone; every clone is the same group.
+#[derive(Clone)]
+pub struct RaftGroup {
+    pub(crate) inner: Arc<GroupInner>,
+}
+
+impl std::fmt::Debug for RaftGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftGroup")
+            .field("id", &self.inner.id)
+            .field("node", &self.inner.local)
+            .finish()
+    }
+}
+
+fn fatal(group: &str, e: &Fatal<u64>) -> Error {
+    match e {
+        Fatal::Stopped => {
+            Error::Stopping(Stopping::ComponentStopping(format!("raft group {group}")))
+        }
+        other => Error::Fatal {
+            group: group.to_owned(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn write_error(group: &str, e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
+            group: group.to_owned(),
+            leader: f.leader_node.map(|n| n.addr),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Error::Rejected {
+            group: group.to_owned(),
+            reason: c.to_string(),
+        },
+        RaftError::Fatal(f) => fatal(group, &f),
+    }
+}
+
+fn read_error(group: &str, e: RaftError<u64, CheckIsLeaderError<u64, BasicNode>>) -> Error {
+    match e {
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => Error::NotLeader {
+            group: group.to_owned(),
+            leader: f.leader_node.map(|n| n.addr),
+        },
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => Error::Timeout {
+            group: group.to_owned(),
+            what: format!("read index ({q})"),
+        },
+        RaftError::Fatal(f) => fatal(group, &f),
+    }
+}
+
+pub(crate) fn to_rejection(e: &Error) -> Rejection {
+    match e {
+        Error::NotLeader { leader, .. } => Rejection::NotLeader {
+            leader: leader.clone(),
+        },
+        Error::Stopping(s) => Rejection::Stopping(s.to_string()),
+        other => Rejection::Failed(other.to_string()),
+    }
+}
+
+impl RaftGroup {
+    /// The group id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.inner.local
+    }
+
+    /// Current metrics of the group on this node.
+    pub fn metrics(&self) -> GroupMetrics {
+        let m = self.inner.raft.metrics().borrow().clone();
+        GroupMetrics::from_raft(&self.inner.id, &self.inner.local, &m)
+    }
+
+    /// The leader's node name, when known.
+    pub fn leader(&self) -> Option<String> {
+        self.metrics().leader
+    }
+
+    /// True when this node is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.metrics().role == Role::Leader
+    }
+
+    fn check_running(&self) -> Result<()> {
+        if self.inner.guard.is_blocked() {
+            return Err(Error::Stopping(self.inner.guard.error()));
+        }
+        Ok(())
+    }
+
+    fn timeout(&self, what: &str) -> Error {
+        Error::Timeout {
+            group: self.inner.id.clone(),
+            what: what.to_owned(),
+        }
+    }
+
+    /// Waits until a metric satisfies `cond` or `deadline` passes.
+    async fn wait_until(
+        &self,
+        deadline: Instant,
+        what: &str,
+        cond: impl Fn(&RaftMetrics<u64, BasicNode>) -> bool,
+    ) -> Result<RaftMetrics<u64, BasicNode>> {
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                if cond(&m) {
+                    return Ok(m.clone());
+                }
+                if m.state == ServerState::Shutdown {
+                    return Err(Error::Stopping(Stopping::ComponentStopping(format!(
+                        "raft group {}",
+                        self.inner.id
+                    ))));
+                }
+            }
+            let changed = self
+                .inner
+                .guard
+                .wrap(tokio::time::timeout_at(deadline, rx.changed()))
+                .await?;
+            match changed {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(Error::Stopping(Stopping::ComponentStopping(format!(
+                        "raft group {}",
+                        self.inner.id
+                    ))))
+                }
+                Err(_) => return Err(self.timeout(what)),
+            }
+        }
+    }
+
+    /// Waits up to `timeout` until the group has a leader; returns its node name.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        let m = self
+            .wait_until(deadline, "waiting for a leader", |m| {
+                m.current_leader.is_some()
+            })
+            .await?;
+        Ok(
+            GroupMetrics::from_raft(&self.inner.id, &self.inner.local, &m)
+                .leader
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Waits up to `timeout` until this node applied the entry at `index`.
+    pub async fn wait_for_applied(&self, index: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        self.wait_until(deadline, "waiting for the applied index", |m| {
+            m.last_applied.as_ref().is_some_and(|l| l.index >= index)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Waits up to `timeout` until `cond` holds for this node's metrics.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        cond: impl Fn(&GroupMetrics) -> bool,
+    ) -> Result<GroupMetrics> {
+        let deadline = Instant::now() + timeout;
+        let (id, local) = (self.inner.id.clone(), self.inner.local.clone());
+        let m = self
+            .wait_until(deadline, what, |m| {
+                cond(&GroupMetrics::from_raft(&id, &local, m))
+            })
+            .await?;
+        Ok(GroupMetrics::from_raft(&id, &local, &m))
+    }
+
+    /// Waits until the leader changes (or `backoff` passes) before retrying.
+    async fn wait_for_change(&self, deadline: Instant, backoff: Duration) -> Result<()> {
+        let mut rx = self.inner.raft.metrics();
+        rx.borrow_and_update();
+        let until = deadline.min(Instant::now() + backoff);
+        let _ = self
+            .inner
+            .guard
+            .wrap(tokio::time::timeout_at(until, rx.changed()))
+            .await?;
+        if Instant::now() >= deadline {
+            return Err(self.timeout("write"));
+        }
+        Ok(())
+    }
+
+    /// Writes on this node, which must be the leader.
+    pub(crate) async fn local_write(&self, command: Vec<u8>) -> Result<Vec<u8>> {
+        self.check_running()?;
+        let response = self
+            .inner
+            .guard
+            .wrap(self.inner.raft.client_write(Command(command)))
+            .await?
+            .map_err(|e| write_error(&self.inner.id, e))?;
+        Ok(response.data.0)
+    }
+
+    /// Replicates `command` and returns the state machine's reply once it is committed and
+    /// applied on the leader. From a follower or learner the write is forwarded to the
+    /// leader; it retries while no leader is known, within `raft.write_timeout_ms`.
+    ///
+    /// A [`Error::Timeout`] or [`Error::Unreachable`] leaves the outcome unknown: the command
+    /// may still be applied, so commands should be idempotent.
+    pub async fn write(&self, command: Vec<u8>) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + self.inner.config.write_timeout();
+        let backoff = Duration::from_millis(self.inner.config.heartbeat_interval_ms);
+        loop {
+            self.check_running()?;
+            let leader = self.metrics().leader;
+            let Some(leader) = leader else {
+                self.wait_for_change(deadline, backoff).await?;
+                continue;
+            };
+            let result = if leader == self.inner.local {
+                self.local_write(command.clone()).await
+            } else {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let reply = rpc::call(
+                    &self.inner.messaging,
+                    &self.inner.topology,
+                    &self.inner.id,
+                    &leader,
+                    RaftRequest::Write(command.clone()),
+                    remaining,
+                )
+                .await?;
+                match reply {
+                    RaftReply::Write(Ok(r)) => Ok(r),
+                    RaftReply::Write(Err(Rejection::NotLeader { leader })) => {
+                        Err(Error::NotLeader {
+                            group: self.inner.id.clone(),
+                            leader,
+                        })
+                    }
+                    RaftReply::Write(Err(Rejection::Stopping(reason))) => Err(Error::Unreachable {
+                        node: leader.clone(),
+                        reason,
+                    }),
+                    RaftReply::Write(Err(Rejection::Failed(reason))) => Err(Error::Rejected {
+                        group: self.inner.id.clone(),
+                        reason,
+                    }),
+                    RaftReply::NoGroup => Err(Error::NotLeader {
+                        group: self.inner.id.clone(),
+                        leader: None,
+                    }),
+                    _ => Err(Error::codec("write reply", "unexpected reply kind")),
+                }
+            };
+            match result {
+                // refused before anything was appended: safe to retry at the new leader
+                Err(Error::NotLeader { .. }) => self.wait_for_change(deadline, backoff).await?,
+                other => return other,
+            }
+        }
+    }
+
+    /// Read index on this node, which must be the leader: the log index a linearizable read
+    /// must wait for.
+    pub(crate) async fn local_read_index(&self) -> Result<u64> {
+        self.check_running()?;
+        let (read, _applied) = self
+            .inner
+            .guard
+            .wrap(self.inner.raft.get_read_log_id())
+            .await?
+            .map_err(|e| read_error(&self.inner.id, e))?;
+        Ok(read.map_or(0, |l| l.index))
+    }
+
+    /// Returns once this node's state machine reflects every write acknowledged before the
+    /// call (read index: the leader confirms its leadership with a quorum, then this node
+    /// waits until it applied up to the leader's commit index). Works on followers and
+    /// learners too.
+    pub async fn linearizable_read(&self) -> Result<()> {
+        let deadline = Instant::now() + self.inner.config.write_timeout();
+        let backoff = Duration::from_millis(self.inner.config.heartbeat_interval_ms);
+        loop {
+            self.check_running()?;
+            let Some(leader) = self.metrics().leader else {
+                self.wait_for_change(deadline, backoff).await?;
+                continue;
+            };
+            let index = if leader == self.inner.local {
+                self.local_read_index().await
+            } else {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match rpc::call(
+                    &self.inner.messaging,
+                    &self.inner.topology,
+                    &self.inner.id,
+                    &leader,
+                    RaftRequest::ReadIndex,
+                    remaining,
+                )
+                .await?
+                {
+                    RaftReply::ReadIndex(Ok(i)) => Ok(i),
+                    RaftReply::ReadIndex(Err(Rejection::NotLeader { leader })) => {
+                        Err(Error::NotLeader {
+                            group: self.inner.id.clone(),
+                            leader,
+                        })
+                    }
+                    RaftReply::ReadIndex(Err(Rejection::Stopping(reason))) => {
+                        Err(Error::Unreachable {
+                            node: leader.clone(),
+                            reason,
+                        })
+                    }
+                    RaftReply::ReadIndex(Err(Rejection::Failed(reason))) => Err(Error::Rejected {
+                        group: self.inner.id.clone(),
+                        reason,
+                    }),
+                    RaftReply::NoGroup => Err(Error::NotLeader {
+                        group: self.inner.id.clone(),
+                        leader: None,
+                    }),
+                    _ => Err(Error::codec("read index reply", "unexpected reply kind")),
+                }
+            };
+            match index {
+                Ok(index) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    return self.wait_for_applied(index, remaining).await;
+                }
+                Err(Error::NotLeader { .. }) => self.wait_for_change(deadline, backoff).await?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn not_leader_check(&self) -> Result<()> {
+        self.check_running()?;
+        let m = self.metrics();
+        if m.role != Role::Leader {
+            return Err(Error::NotLeader {
+                group: self.inner.id.clone(),
+                leader: m.leader,
+            });
+        }
+        Ok(())
+    }
+
+    /// On the leader: adds `name` as a learner and returns once it has caught up (or after
+    /// `raft.write_timeout_ms`, with a timeout error; the learner stays added).
+    pub async fn add_learner(&self, name: &str) -> Result<()> {
+        self.not_leader_check()?;
+        let fut = self
+            .inner
+            .raft
+            .add_learner(node_id(name), basic_node(name), true);
+        match self
+            .inner
+            .guard
+            .wrap(tokio::time::timeout(self.inner.config.write_timeout(), fut))
+            .await?
+        {
+            Ok(r) => r.map(|_| ()).map_err(|e| write_error(&self.inner.id, e)),
+            Err(_) => Err(self.timeout(&format!("adding learner {name}"))),
+        }
+    }
+
+    /// On the leader: makes exactly `voters` the voters (joint consensus). New names are
+    /// added as learners first; voters left out are removed from the group entirely.
+    pub async fn change_membership(&self, voters: &[String]) -> Result<()> {
+        self.not_leader_check()?;
+        if voters.is_empty() {
+            return Err(Error::Rejected {
+                group: self.inner.id.clone(),
+                reason: "a group needs at least one voter".into(),
+            });
+        }
+        let known: BTreeSet<String> = {
+            let m = self.metrics();
+            m.voters.into_iter().chain(m.learners).collect()
+        };
+        for name in voters {
+            if !known.contains(name) {
+                self.add_learner(name).await?;
+            }
+        }
+        let ids: BTreeSet<u64> = voters.iter().map(|n| node_id(n)).collect();
+        let fut = self
+            .inner
+            .raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(ids), false);
+        self.run_change(fut, "changing membership").await
+    }
+
+    /// On the leader: removes learner `name` from the group.
+    pub async fn remove_learner(&self, name: &str) -> Result<()> {
+        self.not_leader_check()?;
+        if self.metrics().voters.iter().any(|v| v == name) {
+            return Err(Error::Rejected {
+                group: self.inner.id.clone(),
+                reason: format!("node {name} is a voter; change the voters to remove it"),
+            });
+        }
+        let ids = BTreeSet::from([node_id(name)]);
+        let fut = self
+            .inner
+            .raft
+            .change_membership(ChangeMembers::RemoveNodes(ids), false);
+        self.run_change(fut, &format!("removing learner {name}"))
+            .await
+    }
+
+    async fn run_change<F, T>(&self, fut: F, what: &str) -> Result<()>
+    where
+        F: std::future::Future<
+            Output = std::result::Result<T, RaftError<u64, ClientWriteError<u64, BasicNode>>>,
+        >,
+    {
+        match self
+            .inner
+            .guard
+            .wrap(tokio::time::timeout(self.inner.config.write_timeout(), fut))
+            .await?
+        {
+            Ok(r) => r.map(|_| ()).map_err(|e| write_error(&self.inner.id, e)),
+            Err(_) => Err(self.timeout(what)),
+        }
+    }
+
+    /// Asks this node to build a snapshot now (it also builds one by the configured policy).
+    pub async fn trigger_snapshot(&self) -> Result<()> {
+        self.check_running()?;
+        self.inner
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| fatal(&self.inner.id, &e))
+    }
+}

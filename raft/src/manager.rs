@@ -1,0 +1,474 @@
+//! [`RaftManager`]: the `raft` component. Starts and stops the Raft groups of this node and
+//! serves the raft message group for all of them.
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use async_trait::async_trait;
+use configuration::ConfigurationManager;
+use lifecycle::{spawn_supervised, BoxError, Component, FaultReporter, StartContext, StopGuard};
+use network::NetworkManager;
+use openraft::{
+    error::{InitializeError, RaftError},
+    ChangeMembers, ServerState,
+};
+use parking_lot::{Mutex, RwLock};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use vault::VaultManager;
+
+use crate::{
+    config::RaftConfiguration,
+    error::{Error, Result},
+    group::{to_rejection, GroupInner, GroupMetrics, RaftGroup, Role},
+    log_store::LogStore,
+    rpc::{NetworkFactory, RaftMessage, RaftReply, RaftRequest},
+    state_machine::{StateMachine, StateMachineStore},
+    storage::{LogStorageProvider, MemoryLogProvider, SledLogProvider},
+    types::{basic_node, node_id, GroupMembers, Raft},
+};
+
+const NAME: &str = "raft";
+
+enum ConfigSource {
+    Manager(Arc<ConfigurationManager>),
+    Fixed(RaftConfiguration),
+}
+
+struct Entry {
+    group: RaftGroup,
+    cancel: CancellationToken,
+}
+
+struct Shared {
+    groups: RwLock<HashMap<String, Entry>>,
+    guard: StopGuard,
+}
+
+impl Shared {
+    async fn handle(&self, msg: RaftMessage) -> std::result::Result<RaftReply, String> {
+        if self.guard.is_blocked() {
+            return Err(self.guard.error().to_string());
+        }
+        let group = self.groups.read().get(&msg.group).map(|e| e.group.clone());
+        let Some(group) = group else {
+            return Ok(RaftReply::NoGroup);
+        };
+        let raft = &group.inner.raft;
+        let stopping = |e: lifecycle::Stopping| e.to_string();
+        Ok(match msg.request {
+            RaftRequest::AppendEntries(rpc) => RaftReply::AppendEntries(
+                self.guard
+                    .wrap(raft.append_entries(rpc))
+                    .await
+                    .map_err(stopping)?,
+            ),
+            RaftRequest::Vote(rpc) => {
+                RaftReply::Vote(self.guard.wrap(raft.vote(rpc)).await.map_err(stopping)?)
+            }
+            RaftRequest::InstallSnapshot(rpc) => RaftReply::InstallSnapshot(
+                self.guard
+                    .wrap(raft.install_snapshot(rpc))
+                    .await
+                    .map_err(stopping)?,
+            ),
+            RaftRequest::Write(command) => RaftReply::Write(
+                group
+                    .local_write(command)
+                    .await
+                    .map_err(|e| to_rejection(&e)),
+            ),
+            RaftRequest::ReadIndex => {
+                RaftReply::ReadIndex(group.local_read_index().await.map_err(|e| to_rejection(&e)))
+            }
+        })
+    }
+}
+
+struct Running {
+    local: String,
+    storage: Arc<dyn LogStorageProvider>,
+    faults: FaultReporter,
+}
+
+/// Runs this node's Raft groups over the node's network connections.
+///
+/// Construction registers the raft message handler (so it must happen before the network
+/// component starts) and does no I/O. `start` opens the log storage: the given provider, or
+/// sled at `<vault data dir>/raft`, or memory for an in-memory vault. `stop` shuts every
+/// group down, awaits their tasks and flushes and closes the storage.
+pub struct RaftManager {
+    network: Arc<NetworkManager>,
+    vault: Arc<VaultManager>,
+    config: ConfigSource,
+    storage: Mutex<Option<Arc<dyn LogStorageProvider>>>,
+    shared: Arc<Shared>,
+    running: RwLock<Option<Running>>,
+    /// Serializes starting and stopping groups.
+    groups_lock: tokio::sync::Mutex<()>,
+    registration: std::result::Result<(), String>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    stopped: AtomicBool,
+}
+
+impl RaftManager {
+    /// A manager reading the `raft` root of `config` (which must be registered there).
+    pub fn new(
+        network: Arc<NetworkManager>,
+        vault: Arc<VaultManager>,
+        config: Arc<ConfigurationManager>,
+    ) -> Self {
+        Self::build(network, vault, ConfigSource::Manager(config))
+    }
+
+    /// A manager with a fixed configuration (embedding, tests).
+    pub fn with_config(
+        network: Arc<NetworkManager>,
+        vault: Arc<VaultManager>,
+        config: RaftConfiguration,
+    ) -> Self {
+        Self::build(network, vault, ConfigSource::Fixed(config))
+    }
+
+    /// Uses `storage` for the logs instead of the vault's data directory.
+    pub fn with_storage(self, storage: Arc<dyn LogStorageProvider>) -> Self {
+        *self.storage.lock() = Some(storage);
+        self
+    }
+
+    fn build(network: Arc<NetworkManager>, vault: Arc<VaultManager>, config: ConfigSource) -> Self {
+        let shared = Arc::new(Shared {
+            groups: RwLock::new(HashMap::new()),
+            guard: StopGuard::for_component(NAME),
+        });
+        let handler_shared = Arc::clone(&shared);
+        let registration = network
+            .messaging()
+            .register_handler::<RaftMessage, RaftReply, _, _>(move |_from, msg| {
+                let shared = Arc::clone(&handler_shared);
+                async move { shared.handle(msg).await }
+            })
+            .map_err(|e| e.to_string());
+        Self {
+            network,
+            vault,
+            config,
+            storage: Mutex::new(None),
+            shared,
+            running: RwLock::new(None),
+            groups_lock: tokio::sync::Mutex::new(()),
+            registration,
+            tracker: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    /// The current `raft` configuration.
+    pub fn configuration(&self) -> Result<RaftConfiguration> {
+        match &self.config {
+            ConfigSource::Fixed(c) => Ok(c.clone()),
+            ConfigSource::Manager(m) => m
+                .root::<RaftConfiguration>()
+                .map_err(|e| Error::Config(e.to_string())),
+        }
+    }
+
+    /// This node's name, once started.
+    pub fn local_name(&self) -> Option<String> {
+        self.running.read().as_ref().map(|r| r.local.clone())
+    }
+
+    /// The group `group_id`, if it runs on this node.
+    pub fn group(&self, group_id: &str) -> Option<RaftGroup> {
+        self.shared
+            .groups
+            .read()
+            .get(group_id)
+            .map(|e| e.group.clone())
+    }
+
+    /// Ids of the groups running on this node, sorted.
+    pub fn groups(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.shared.groups.read().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Starts group `group_id` on this node with `state_machine`.
+    ///
+    /// `members` is the group's initial membership: a voter whose log is empty initializes
+    /// the group with the voters (every voter may do so with the same list), and the first
+    /// leader adds the learners. A restarted node recovers its log, vote and membership from
+    /// storage and ignores `members`. A node in neither list waits to be added.
+    pub async fn start_group(
+        &self,
+        group_id: &str,
+        state_machine: Arc<dyn StateMachine>,
+        members: GroupMembers,
+    ) -> Result<RaftGroup> {
+        let _ticket = self.shared.guard.enter()?;
+        let _serial = self.groups_lock.lock().await;
+        if self.shared.groups.read().contains_key(group_id) {
+            return Err(Error::GroupExists(group_id.to_owned()));
+        }
+        let (local, storage, faults) = {
+            let running = self.running.read();
+            let Some(r) = running.as_ref() else {
+                return Err(Error::InvalidState("not started"));
+            };
+            (r.local.clone(), Arc::clone(&r.storage), r.faults.clone())
+        };
+        check_ids(group_id, &members, &local)?;
+        let config = self.configuration()?;
+        let raft_config = Arc::new(config.to_openraft(group_id)?);
+        let log = storage.group(group_id)?;
+        let factory = NetworkFactory {
+            group: group_id.to_owned(),
+            messaging: self.network.messaging(),
+            topology: self.network.topology(),
+        };
+        let sm = StateMachineStore::new(group_id, state_machine, Arc::clone(&log));
+        let raft = Raft::new(
+            node_id(&local),
+            raft_config,
+            factory,
+            LogStore::new(log),
+            sm,
+        )
+        .await
+        .map_err(|e| Error::Fatal {
+            group: group_id.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let group = RaftGroup {
+            inner: Arc::new(GroupInner {
+                id: group_id.to_owned(),
+                local: local.clone(),
+                raft: raft.clone(),
+                config,
+                messaging: self.network.messaging(),
+                topology: self.network.topology(),
+                guard: self.shared.guard.clone(),
+            }),
+        };
+        if members.voters.contains(&local) {
+            let initialized = raft.is_initialized().await.map_err(|e| Error::Fatal {
+                group: group_id.to_owned(),
+                reason: e.to_string(),
+            })?;
+            if !initialized {
+                let voters: BTreeMap<u64, openraft::BasicNode> = members
+                    .voters
+                    .iter()
+                    .map(|n| (node_id(n), basic_node(n)))
+                    .collect();
+                match raft.initialize(voters).await {
+                    Ok(()) => {
+                        tracing::info!(group_id, node = %local, voters = ?members.voters, "initialized raft group");
+                    }
+                    // another voter's log reached us first: it is initialized
+                    Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                    Err(e) => {
+                        let _ = raft.shutdown().await;
+                        return Err(Error::Rejected {
+                            group: group_id.to_owned(),
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        let cancel = self.cancel.child_token();
+        spawn_supervised(
+            &self.tracker,
+            &faults,
+            NAME,
+            &format!("group {group_id} metrics"),
+            watch_group(group.clone(), members.learners.clone(), cancel.clone()),
+        );
+        self.shared.groups.write().insert(
+            group_id.to_owned(),
+            Entry {
+                group: group.clone(),
+                cancel,
+            },
+        );
+        tracing::info!(group_id, node = %local, "raft group started");
+        Ok(group)
+    }
+
+    /// Stops group `group_id` on this node; its log stays in storage for a later start.
+    pub async fn stop_group(&self, group_id: &str) -> Result<()> {
+        let _serial = self.groups_lock.lock().await;
+        let entry = self.shared.groups.write().remove(group_id);
+        let Some(entry) = entry else {
+            return Err(Error::GroupNotFound(group_id.to_owned()));
+        };
+        shutdown_group(entry).await;
+        Ok(())
+    }
+
+    fn choose_storage(&self) -> Arc<dyn LogStorageProvider> {
+        if let Some(storage) = self.storage.lock().as_ref() {
+            return Arc::clone(storage);
+        }
+        let chosen: Arc<dyn LogStorageProvider> = match self.vault.data_dir() {
+            Some(dir) => Arc::new(SledLogProvider::new(dir.join("raft"))),
+            None => Arc::new(MemoryLogProvider::new()),
+        };
+        *self.storage.lock() = Some(Arc::clone(&chosen));
+        chosen
+    }
+}
+
+fn check_ids(group_id: &str, members: &GroupMembers, local: &str) -> Result<()> {
+    let mut seen: HashMap<u64, &str> = HashMap::new();
+    for name in members
+        .all()
+        .map(String::as_str)
+        .chain(std::iter::once(local))
+    {
+        if let Some(other) = seen.insert(node_id(name), name) {
+            if other != name {
+                return Err(Error::Rejected {
+                    group: group_id.to_owned(),
+                    reason: format!("node names {other} and {name} map to the same raft node id"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_group(entry: Entry) {
+    entry.cancel.cancel();
+    let id = entry.group.inner.id.clone();
+    if let Err(e) = entry.group.inner.raft.shutdown().await {
+        tracing::warn!(group_id = %id, error = %e, "raft group did not shut down cleanly");
+    }
+    tracing::info!(group_id = %id, "raft group stopped");
+}
+
+/// Publishes a group's metrics and, on the first leader of a fresh group, adds the initial
+/// learners (in one membership change).
+async fn watch_group(
+    group: RaftGroup,
+    learners: Vec<String>,
+    cancel: CancellationToken,
+) -> std::result::Result<(), BoxError> {
+    let mut rx = group.inner.raft.metrics();
+    let mut learners_pending = !learners.is_empty();
+    loop {
+        let (metrics, membership_index, state) = {
+            let m = rx.borrow_and_update();
+            (
+                GroupMetrics::from_raft(&group.inner.id, &group.inner.local, &m),
+                m.membership_config.log_id().map(|l| l.index),
+                m.state,
+            )
+        };
+        metrics.publish();
+        if state == ServerState::Shutdown {
+            return Ok(());
+        }
+        if learners_pending && metrics.role == Role::Leader {
+            if membership_index == Some(0) {
+                let nodes: BTreeMap<u64, openraft::BasicNode> = learners
+                    .iter()
+                    .map(|n| (node_id(n), basic_node(n)))
+                    .collect();
+                let change = group
+                    .inner
+                    .raft
+                    .change_membership(ChangeMembers::AddNodes(nodes), true);
+                let result = tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    r = tokio::time::timeout(group.inner.config.write_timeout(), change) => r,
+                };
+                match result {
+                    Ok(Ok(_)) => {
+                        tracing::info!(group_id = %group.inner.id, ?learners, "added initial learners");
+                        learners_pending = false;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(group_id = %group.inner.id, error = %e, "adding initial learners failed")
+                    }
+                    Err(_) => {
+                        tracing::warn!(group_id = %group.inner.id, "adding initial learners timed out")
+                    }
+                }
+            } else {
+                // the membership changed since initialization: somebody else manages it
+                learners_pending = false;
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            changed = rx.changed() => if changed.is_err() { return Ok(()) },
+        }
+    }
+}
+
+#[async_trait]
+impl Component for RaftManager {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn start(&self, ctx: &StartContext) -> std::result::Result<(), BoxError> {
+        if let Err(reason) = &self.registration {
+            return Err(Box::new(Error::Config(format!(
+                "registering the raft message handler: {reason}"
+            ))));
+        }
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(Box::new(Error::InvalidState("stopped")));
+        }
+        let local = self
+            .network
+            .topology()
+            .try_local_member()
+            .ok_or(Error::InvalidState("started before the network"))?
+            .name;
+        // validate the configuration now rather than at the first group
+        self.configuration()?.to_openraft("check")?;
+        let storage = self.choose_storage();
+        let opener = Arc::clone(&storage);
+        tokio::task::spawn_blocking(move || opener.open())
+            .await
+            .map_err(|e| Error::storage("raft log storage", e))??;
+        *self.running.write() = Some(Running {
+            local: local.clone(),
+            storage,
+            faults: ctx.faults.clone(),
+        });
+        tracing::info!(node = %local, "raft manager started");
+        Ok(())
+    }
+
+    async fn stop(&self) -> std::result::Result<(), BoxError> {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.shared.guard.block().await;
+        let _serial = self.groups_lock.lock().await;
+        let entries: Vec<Entry> = self.shared.groups.write().drain().map(|(_, e)| e).collect();
+        for entry in entries {
+            shutdown_group(entry).await;
+        }
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        let running = self.running.write().take();
+        if let Some(running) = running {
+            tokio::task::spawn_blocking(move || running.storage.close())
+                .await
+                .map_err(|e| Error::storage("raft log storage", e))??;
+            tracing::info!(node = %running.local, "raft manager stopped");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,213 @@
+//! Raft RPCs over the node's shared network connections: one message group for every group
+//! on the node, the group id inside each message. The messaging layer serves every request
+//! on its own task, so a slow group never holds up another.
+use std::time::Duration;
+
+use network::{ClusterNode, Message, MessagingService, TopologyService};
+use openraft::{
+    error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable},
+    network::RPCOption,
+    raft::{
+        AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
+        InstallSnapshotResponse, VoteRequest, VoteResponse,
+    },
+    BasicNode, RaftNetwork, RaftNetworkFactory,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{error::Error, types::TypeConfig};
+
+/// The message group of raft traffic (order 4 in the startup graph, times ten).
+pub(crate) const RAFT_MESSAGE_GROUP: u16 = 40;
+
+/// A request to one group on a peer.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct RaftMessage {
+    pub(crate) group: String,
+    pub(crate) request: RaftRequest,
+}
+
+impl Message for RaftMessage {
+    const GROUP: u16 = RAFT_MESSAGE_GROUP;
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) enum RaftRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<u64>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A client write forwarded to the leader.
+    Write(Vec<u8>),
+    /// A follower asks the leader for a read index.
+    ReadIndex,
+}
+
+/// Why a forwarded request was not served.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Rejection {
+    NotLeader { leader: Option<String> },
+    Stopping(String),
+    Failed(String),
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) enum RaftReply {
+    AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    Write(Result<Vec<u8>, Rejection>),
+    ReadIndex(Result<u64, Rejection>),
+    /// The group is not running on the peer (not started yet, or stopped).
+    NoGroup,
+}
+
+/// Sends one request to `to` and waits for the reply.
+pub(crate) async fn call(
+    messaging: &MessagingService,
+    topology: &TopologyService,
+    group: &str,
+    to: &str,
+    request: RaftRequest,
+    timeout: Duration,
+) -> Result<RaftReply, Error> {
+    let node: ClusterNode = topology
+        .member_by_name(to)
+        .ok_or_else(|| Error::Unreachable {
+            node: to.to_owned(),
+            reason: "not in the physical topology".into(),
+        })?;
+    let message = RaftMessage {
+        group: group.to_owned(),
+        request,
+    };
+    messaging
+        .invoke::<RaftMessage, RaftReply>(&node, message, timeout)
+        .await
+        .map_err(|e| match e {
+            network::Error::Stopping(s) => Error::Stopping(s),
+            network::Error::Timeout { .. } => Error::Timeout {
+                group: group.to_owned(),
+                what: format!("request to node {to}"),
+            },
+            other => Error::Unreachable {
+                node: to.to_owned(),
+                reason: other.to_string(),
+            },
+        })
+}
+
+/// Builds a client per peer of one group.
+pub(crate) struct NetworkFactory {
+    pub(crate) group: String,
+    pub(crate) messaging: MessagingService,
+    pub(crate) topology: TopologyService,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            group: self.group.clone(),
+            target,
+            name: node.addr.clone(),
+            messaging: self.messaging.clone(),
+            topology: self.topology.clone(),
+        }
+    }
+}
+
+/// One group's view of one peer.
+pub(crate) struct PeerClient {
+    group: String,
+    target: u64,
+    name: String,
+    messaging: MessagingService,
+    topology: TopologyService,
+}
+
+type RpcError<E = openraft::error::Infallible> = RPCError<u64, BasicNode, RaftError<u64, E>>;
+
+impl PeerClient {
+    async fn send<E: std::error::Error>(
+        &self,
+        request: RaftRequest,
+        option: &RPCOption,
+    ) -> Result<RaftReply, RpcError<E>> {
+        let reply = call(
+            &self.messaging,
+            &self.topology,
+            &self.group,
+            &self.name,
+            request,
+            option.hard_ttl(),
+        )
+        .await;
+        match reply {
+            Ok(RaftReply::NoGroup) => Err(RPCError::Unreachable(Unreachable::new(
+                &Error::GroupNotFound(format!("{} on node {}", self.group, self.name)),
+            ))),
+            Ok(reply) => Ok(reply),
+            Err(e @ (Error::Unreachable { .. } | Error::Stopping(_))) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+
+    fn unexpected<E: std::error::Error>(&self) -> RpcError<E> {
+        RPCError::Network(NetworkError::new(&Error::codec(
+            format!("reply from node {}", self.name),
+            "unexpected reply kind",
+        )))
+    }
+
+    fn remote<E: std::error::Error>(&self, e: RaftError<u64, E>) -> RpcError<E> {
+        RPCError::RemoteError(RemoteError::new_with_node(
+            self.target,
+            BasicNode::new(self.name.clone()),
+            e,
+        ))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RpcError> {
+        match self.send(RaftRequest::AppendEntries(rpc), &option).await? {
+            RaftReply::AppendEntries(Ok(r)) => Ok(r),
+            RaftReply::AppendEntries(Err(e)) => Err(self.remote(e)),
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<u64>, RpcError<InstallSnapshotError>> {
+        match self
+            .send(RaftRequest::InstallSnapshot(rpc), &option)
+            .await?
+        {
+            RaftReply::InstallSnapshot(Ok(r)) => Ok(r),
+            RaftReply::InstallSnapshot(Err(e)) => Err(self.remote(e)),
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RpcError> {
+        match self.send(RaftRequest::Vote(rpc), &option).await? {
+            RaftReply::Vote(Ok(r)) => Ok(r),
+            RaftReply::Vote(Err(e)) => Err(self.remote(e)),
+            _ => Err(self.unexpected()),
+        }
+    }
+}

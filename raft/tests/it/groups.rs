@@ -1,0 +1,325 @@
+//! Raft groups across three in-process nodes over real network managers.
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use raft::{testing::MemoryStateMachine, Error, GroupMembers, RaftConfiguration, Role};
+
+use crate::cluster::{fast_config, name, Cluster, Storage, WAIT};
+
+const BOUND: Duration = Duration::from_secs(120);
+
+fn voters(n: usize) -> GroupMembers {
+    GroupMembers::voters((1..=n).map(name))
+}
+
+async fn bounded<F: std::future::Future<Output = Result<()>>>(f: F) -> Result<()> {
+    tokio::time::timeout(BOUND, f).await.context("test bound")?
+}
+
+/// Waits until `node` applied every put of `expected`.
+async fn wait_for_values(
+    cluster: &Cluster,
+    node: &str,
+    group: &str,
+    expected: &[(String, String)],
+) -> Result<()> {
+    let n = cluster.node(node)?;
+    let sm = n.sm(group)?;
+    let g = n.group(group)?;
+    let sm2 = sm.clone();
+    let want = expected.to_vec();
+    g.wait_for(WAIT, "values applied", move |_| {
+        want.iter()
+            .all(|(k, v)| sm2.get(k).as_deref() == Some(v.as_str()))
+    })
+    .await
+    .with_context(|| format!("{node} applies every value"))?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_a_leader_and_followers_forward_writes() -> Result<()> {
+    bounded(async {
+        let mut cluster = Cluster::start(3, fast_config(), Storage::Memory).await?;
+        cluster.start_group("g", &voters(3)).await?;
+        let leader = cluster.leader("g").await?;
+        let follower = cluster
+            .nodes
+            .iter()
+            .find(|n| n.name != leader)
+            .context("a follower")?;
+        let group = follower.group("g")?;
+        assert_eq!(group.metrics().role, Role::Follower);
+
+        let reply = group.write(MemoryStateMachine::put("k", "v1")).await?;
+        assert_eq!(MemoryStateMachine::decode_reply(&reply), None);
+        let reply = group.write(MemoryStateMachine::put("k", "v2")).await?;
+        assert_eq!(
+            MemoryStateMachine::decode_reply(&reply).as_deref(),
+            Some("v1"),
+            "the reply is the state machine's, from the leader"
+        );
+
+        // a linearizable read on the follower sees the acknowledged write locally
+        group.linearizable_read().await?;
+        assert_eq!(follower.sm("g")?.get("k").as_deref(), Some("v2"));
+
+        let expected = vec![("k".to_owned(), "v2".to_owned())];
+        for node in ["n1", "n2", "n3"] {
+            wait_for_values(&cluster, node, "g", &expected).await?;
+        }
+        let metrics = cluster.node(&leader)?.group("g")?.metrics();
+        assert_eq!(metrics.role, Role::Leader);
+        assert_eq!(metrics.voters.len(), 3);
+        assert_eq!(
+            metrics.replication_lag.len(),
+            3,
+            "lag per replica: {metrics:?}"
+        );
+        assert!(metrics.last_log_index >= Some(3), "{metrics:?}");
+
+        // a second group shares the connections and elects independently
+        cluster.start_group("h", &voters(3)).await?;
+        cluster.leader("h").await?;
+        let reply = cluster
+            .node("n1")?
+            .group("h")?
+            .write(MemoryStateMachine::put("x", "1"))
+            .await?;
+        assert_eq!(MemoryStateMachine::decode_reply(&reply), None);
+        assert_eq!(
+            cluster.node("n1")?.sm("g")?.get("x"),
+            None,
+            "groups are separate"
+        );
+        assert_eq!(
+            cluster.node("n1")?.raft.groups(),
+            vec!["g".to_owned(), "h".to_owned()]
+        );
+
+        cluster.node("n1")?.raft.stop_group("h").await?;
+        assert!(cluster.node("n1")?.raft.group("h").is_none());
+        assert!(matches!(
+            cluster.node("n1")?.raft.stop_group("h").await,
+            Err(Error::GroupNotFound(_))
+        ));
+        cluster.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_stop_elects_a_new_leader_without_losing_acknowledged_writes() -> Result<()> {
+    bounded(async {
+        let mut cluster = Cluster::start(3, fast_config(), Storage::Memory).await?;
+        cluster.start_group("g", &voters(3)).await?;
+        let old = cluster.leader("g").await?;
+        let mut acked = Vec::new();
+        for i in 0..20 {
+            let (k, v) = (format!("k{i}"), format!("v{i}"));
+            let writer = cluster.node(&name(1 + i % 3))?.group("g")?;
+            writer.write(MemoryStateMachine::put(&k, &v)).await?;
+            acked.push((k, v));
+        }
+        cluster.stop_node(&old).await?;
+
+        let survivor = cluster.nodes.first().context("a survivor")?.group("g")?;
+        let old2 = old.clone();
+        let m = survivor
+            .wait_for(WAIT, "a new leader", move |m| {
+                m.leader.is_some() && m.leader.as_deref() != Some(old2.as_str())
+            })
+            .await?;
+        let new = m.leader.context("new leader")?;
+        ensure!(new != old);
+
+        // every acknowledged write is on the new leader and the survivors
+        for node in cluster
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect::<Vec<_>>()
+        {
+            wait_for_values(&cluster, &node, "g", &acked).await?;
+        }
+        // and the group keeps accepting writes (2 of 3 voters)
+        survivor
+            .write(MemoryStateMachine::put("after", "failover"))
+            .await?;
+        acked.push(("after".into(), "failover".into()));
+        for node in cluster
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect::<Vec<_>>()
+        {
+            wait_for_values(&cluster, &node, "g", &acked).await?;
+        }
+        cluster.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_learner_catches_up_through_a_snapshot() -> Result<()> {
+    bounded(async {
+        let config = RaftConfiguration {
+            snapshot_logs_since_last: 10,
+            max_in_snapshot_log_to_keep: 0,
+            ..fast_config()
+        };
+        let mut cluster = Cluster::start(3, config, Storage::Memory).await?;
+        cluster.start_group("g", &voters(3)).await?;
+        let leader_name = cluster.leader("g").await?;
+        let leader = cluster.node(&leader_name)?.group("g")?;
+        let mut acked = Vec::new();
+        for i in 0..40 {
+            let (k, v) = (format!("k{i}"), format!("v{i}"));
+            leader.write(MemoryStateMachine::put(&k, &v)).await?;
+            acked.push((k, v));
+        }
+        leader.trigger_snapshot().await?;
+        leader
+            .wait_for(WAIT, "logs purged behind a snapshot", |m| {
+                m.purged.is_some_and(|p| p.index >= 10)
+            })
+            .await?;
+
+        cluster.add_node("n4").await?;
+        // n4 is in no list: it waits to be added
+        cluster
+            .node_mut("n4")?
+            .start_group("g", &GroupMembers::default())
+            .await?;
+        leader.add_learner("n4").await?;
+        wait_for_values(&cluster, "n4", "g", &acked).await?;
+        let n4 = cluster.node("n4")?;
+        assert!(
+            n4.sm("g")?.commands_applied() < 40,
+            "n4 got most of its state from a snapshot, not by replaying 40 commands"
+        );
+        let m = n4.group("g")?.metrics();
+        assert_eq!(m.role, Role::Learner);
+        assert!(m.snapshot.is_some(), "{m:?}");
+        cluster.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learners_are_added_promoted_and_removed() -> Result<()> {
+    bounded(async {
+        let mut cluster = Cluster::start(4, fast_config(), Storage::Memory).await?;
+        // n4 starts as an initial learner: the first leader adds it
+        let members = GroupMembers {
+            voters: vec![name(1), name(2), name(3)],
+            learners: vec![name(4)],
+        };
+        cluster.start_group("g", &members).await?;
+        let leader_name = cluster.leader("g").await?;
+        let leader = cluster.node(&leader_name)?.group("g")?;
+        let m = leader
+            .wait_for(WAIT, "initial learner added", |m| {
+                m.learners == vec![name(4)]
+            })
+            .await?;
+        assert_eq!(m.voters.len(), 3);
+        leader.write(MemoryStateMachine::put("a", "1")).await?;
+        wait_for_values(&cluster, "n4", "g", &[("a".into(), "1".into())]).await?;
+        assert_eq!(
+            cluster.node("n4")?.group("g")?.metrics().role,
+            Role::Learner
+        );
+
+        // membership changes are made on the leader
+        let follower = cluster
+            .nodes
+            .iter()
+            .find(|n| n.name != leader_name)
+            .context("a follower")?;
+        assert!(matches!(
+            follower.group("g")?.remove_learner("n4").await,
+            Err(Error::NotLeader {
+                leader: Some(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            leader.remove_learner(&leader_name).await,
+            Err(Error::Rejected { .. })
+        ));
+
+        // promote n4
+        let four: Vec<String> = (1..=4).map(name).collect();
+        leader.change_membership(&four).await?;
+        let n4 = cluster.node("n4")?.group("g")?;
+        n4.wait_for(WAIT, "n4 is a voter", |m| {
+            m.voters.len() == 4 && m.learners.is_empty() && m.role == Role::Follower
+        })
+        .await?;
+
+        // demote: n4 leaves the voters and the group
+        let three: Vec<String> = (1..=3).map(name).collect();
+        let leader_name = cluster.leader("g").await?;
+        let leader = cluster.node(&leader_name)?.group("g")?;
+        leader.change_membership(&three).await?;
+        let m = leader.metrics();
+        assert_eq!(m.voters.len(), 3);
+        assert!(!m.voters.contains(&name(4)) && !m.learners.contains(&name(4)));
+
+        // add it back as a learner, then remove the learner
+        leader.add_learner("n4").await?;
+        assert_eq!(leader.metrics().learners, vec![name(4)]);
+        leader.remove_learner("n4").await?;
+        assert!(leader.metrics().learners.is_empty());
+        cluster.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_recovers_its_log_and_vote_from_sled() -> Result<()> {
+    bounded(async {
+        let dir = tempfile::tempdir()?;
+        let mut cluster =
+            Cluster::start(3, fast_config(), Storage::Sled(dir.path().to_path_buf())).await?;
+        cluster.start_group("g", &voters(3)).await?;
+        let leader = cluster.leader("g").await?;
+        let writer = cluster.node(&leader)?.group("g")?;
+        let mut acked = Vec::new();
+        for i in 0..10 {
+            let (k, v) = (format!("k{i}"), format!("v{i}"));
+            writer.write(MemoryStateMachine::put(&k, &v)).await?;
+            acked.push((k, v));
+        }
+        let victim = cluster
+            .nodes
+            .iter()
+            .find(|n| n.name != leader)
+            .context("a follower")?
+            .name
+            .clone();
+        wait_for_values(&cluster, &victim, "g", &acked).await?;
+        let before = cluster.node(&victim)?.group("g")?.metrics();
+        cluster.stop_node(&victim).await?;
+
+        cluster.add_node(&victim).await?;
+        let node = cluster.node_mut(&victim)?;
+        // the members are ignored: the group is recovered from storage
+        let group = node.start_group("g", &voters(3)).await?;
+        let after = group.metrics();
+        assert!(
+            after.term >= before.term,
+            "vote recovered: {before:?} -> {after:?}"
+        );
+        assert!(
+            after.last_log_index >= before.last_log_index,
+            "log recovered: {before:?} -> {after:?}"
+        );
+        assert_eq!(after.voters.len(), 3, "membership recovered: {after:?}");
+        // the fresh state machine is rebuilt from the log
+        wait_for_values(&cluster, &victim, "g", &acked).await?;
+        cluster.stop().await
+    })
+    .await
+}
