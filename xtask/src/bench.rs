@@ -28,10 +28,33 @@ struct Cycle {
 
 /// Starts a standalone node on `data_dir`, waits until it is STARTED, idles, reads its RSS,
 /// then SIGTERMs it and waits for it to exit.
-fn cycle(binary: &Path, data_dir: &Path, log: &Path, with_listen: bool) -> anyhow::Result<Cycle> {
-    let ports = process::free_ports(2)?;
-    let rest = SocketAddr::from(([127, 0, 0, 1], ports[0]));
-    let listen = SocketAddr::from(([127, 0, 0, 1], ports[1]));
+/// The addresses of one run's node: the same for its cold and its warm start, because after the
+/// first start the vault, not the command line, is the source of the node's configuration.
+#[derive(Clone, Copy)]
+struct Addresses {
+    rest: SocketAddr,
+    /// `None` while `ignite start` has no `--listen` flag.
+    listen: Option<SocketAddr>,
+}
+
+impl Addresses {
+    fn free(with_listen: bool) -> anyhow::Result<Self> {
+        let ports = process::free_ports(2)?;
+        let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        Ok(Self {
+            rest: loopback(ports[0]),
+            listen: with_listen.then(|| loopback(ports[1])),
+        })
+    }
+}
+
+fn cycle(
+    binary: &Path,
+    data_dir: &Path,
+    log: &Path,
+    addresses: Addresses,
+) -> anyhow::Result<Cycle> {
+    let Addresses { rest, listen } = addresses;
     let mut args: Vec<String> = vec![
         "start".into(),
         "--standalone".into(),
@@ -42,7 +65,7 @@ fn cycle(binary: &Path, data_dir: &Path, log: &Path, with_listen: bool) -> anyho
         "--rest".into(),
         rest.to_string(),
     ];
-    if with_listen {
+    if let Some(listen) = listen {
         // a free port too, so bench nodes never collide with other nodes on the default port
         args.extend(["--listen".into(), listen.to_string()]);
     }
@@ -91,9 +114,10 @@ pub(crate) fn startup(binary: &Path, runs: u32) -> anyhow::Result<()> {
         let data_dir = dir.path().join("data");
         fs::create_dir_all(&data_dir)
             .with_context(|| format!("failed to create {}", data_dir.display()))?;
-        let first = cycle(binary, &data_dir, &dir.path().join("cold.log"), with_listen)
+        let addresses = Addresses::free(with_listen)?;
+        let first = cycle(binary, &data_dir, &dir.path().join("cold.log"), addresses)
             .with_context(|| format!("run {run}: cold start"))?;
-        let second = cycle(binary, &data_dir, &dir.path().join("warm.log"), with_listen)
+        let second = cycle(binary, &data_dir, &dir.path().join("warm.log"), addresses)
             .with_context(|| format!("run {run}: warm start"))?;
         println!(
             "run {run:>3}/{runs}: cold start {}, warm start {}, stop {} / {}, idle rss {:.1} MiB / {:.1} MiB",
