@@ -6,6 +6,10 @@
 //! ([`SledLogProvider`] on disk, [`MemoryLogProvider`] for tests); [`testing`] runs
 //! openraft's own storage suite.
 //!
+//! Not offered: leader transfer (openraft 0.9 has no API for it; a voter's forced election is
+//! refused while the leader's lease holds). Configuration changes reach groups started after
+//! them.
+//!
 //! Invariants:
 //! - openraft types never cross this crate's public API: other crates see node names,
 //!   [`LogPosition`], bytes and [`Error`];

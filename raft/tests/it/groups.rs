@@ -323,3 +323,43 @@ async fn a_restarted_node_recovers_its_log_and_vote_from_sled() -> Result<()> {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_are_refused_twice_and_after_stop() -> Result<()> {
+    bounded(async {
+        let mut cluster = Cluster::start(1, fast_config(), Storage::Memory).await?;
+        let node = cluster.node_mut("n1")?;
+        let group = node.start_group("solo", &voters(1)).await?;
+        assert_eq!(group.wait_for_leader(WAIT).await?, "n1");
+        assert!(matches!(
+            node.start_group("solo", &voters(1)).await,
+            Err(e) if matches!(e.downcast_ref::<Error>(), Some(Error::GroupExists(_)))
+        ));
+        group.write(MemoryStateMachine::put("a", "1")).await?;
+        group.linearizable_read().await?;
+        assert_eq!(node.sm("solo")?.get("a").as_deref(), Some("1"));
+
+        let raft = std::sync::Arc::clone(&node.raft);
+        cluster.stop().await?;
+        let err = group
+            .write(MemoryStateMachine::put("b", "2"))
+            .await
+            .err()
+            .context("a write after stop fails")?;
+        assert!(matches!(err, Error::Stopping(_)), "{err}");
+        assert!(err.is_retryable());
+        let err = raft
+            .start_group(
+                "late",
+                std::sync::Arc::new(MemoryStateMachine::new()),
+                voters(1),
+            )
+            .await
+            .err()
+            .context("a group after stop is refused")?;
+        assert!(matches!(err, Error::Stopping(_)), "{err}");
+        assert!(raft.groups().is_empty(), "stop shut every group down");
+        Ok(())
+    })
+    .await
+}
