@@ -62,6 +62,14 @@ impl NodePlan {
 
 /// Runs the cluster until Ctrl-C; `keep` leaves the data directories in place afterwards.
 pub(crate) fn run(binary: &Path, nodes: u32, keep: bool) -> anyhow::Result<()> {
+    for flag in ["--listen", "--seeds"] {
+        if !process::start_accepts(binary, flag)? {
+            bail!(
+                "{} start has no {flag} flag yet: nodes could not find each other",
+                binary.display()
+            );
+        }
+    }
     // listen for Ctrl-C and SIGTERM before any node exists, so none is ever orphaned
     let mut signals = Signals::listen()?;
     let count = usize::try_from(nodes).context("node count out of range")?;
