@@ -46,6 +46,12 @@ impl RunOutcome {
     }
 }
 
+struct StartedComponent {
+    index: usize,
+    level: RunLevel,
+    component: Arc<dyn Component>,
+}
+
 struct Registered {
     level: RunLevel,
     component: Arc<dyn Component>,
@@ -66,7 +72,7 @@ pub struct LifecycleManager {
     registered: Mutex<Vec<Registered>>,
     /// Components whose `start` was called (and so need `stop`), in start order. Held by
     /// `start` for its whole duration, so `stop` waits for an interrupted start to unwind.
-    started: tokio::sync::Mutex<Vec<Arc<dyn Component>>>,
+    started: tokio::sync::Mutex<Vec<StartedComponent>>,
     phase: Mutex<Phase>,
     state: watch::Sender<NodeState>,
     stopping: CancellationToken,
@@ -158,42 +164,55 @@ impl LifecycleManager {
     /// tasks before failing) are stopped in reverse order and the error names the failed
     /// component. A concurrent [`stop`](Self::stop) interrupts the start.
     pub async fn start(&self) -> Result<(), StartError> {
-        self.start_as(NodeState::Started).await
+        self.start_up_to(RunLevel::Ready, NodeState::Started).await
     }
 
     /// Like [`start`](Self::start) but publishes `reached` (for example `ZOMBIE` for a node
     /// that waits for cluster init) once every component has started.
     pub async fn start_as(&self, reached: NodeState) -> Result<(), StartError> {
+        self.start_up_to(RunLevel::Ready, reached).await
+    }
+
+    /// Start, in registration order, every component registered at `level` or below that is
+    /// not running yet, then publish `reached`. Called again with a higher level it starts the
+    /// components of the levels in between (a zombie node moving on after cluster init).
+    pub async fn start_up_to(&self, level: RunLevel, reached: NodeState) -> Result<(), StartError> {
         {
             let mut phase = self.phase.lock();
             match *phase {
-                Phase::Idle => *phase = Phase::Starting,
-                Phase::Starting | Phase::Started => {
-                    return Err(StartError::InvalidState("started"))
-                }
+                Phase::Idle | Phase::Started => *phase = Phase::Starting,
+                Phase::Starting => return Err(StartError::InvalidState("starting")),
                 Phase::Stopping | Phase::Stopped => {
                     return Err(StartError::InvalidState("stopped"))
                 }
             }
         }
-        record_state(NodeState::Starting);
-        let components: Vec<Arc<dyn Component>> = self
-            .registered
-            .lock()
-            .iter()
-            .map(|r| Arc::clone(&r.component))
-            .collect();
+        if self.state() == NodeState::Starting {
+            record_state(NodeState::Starting);
+        }
         let ctx = StartContext {
             faults: self.faults.clone(),
         };
         let mut started = self.started.lock().await;
-        for component in components {
+        let pending: Vec<(usize, Arc<dyn Component>)> = self
+            .registered
+            .lock()
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| r.level <= level && !started.iter().any(|s| s.index == *i))
+            .map(|(i, r)| (i, Arc::clone(&r.component)))
+            .collect();
+        for (index, component) in pending {
             if self.stopping.is_cancelled() {
                 return Err(StartError::Interrupted);
             }
             let name = component.name().to_owned();
             // Pushed before start: a half-started component needs its stop too.
-            started.push(Arc::clone(&component));
+            started.push(StartedComponent {
+                index,
+                level: self.level_of(index),
+                component: Arc::clone(&component),
+            });
             let begin = Instant::now();
             let span = tracing::info_span!("start", component = %name);
             let result = tokio::select! {
@@ -214,8 +233,9 @@ impl LifecycleManager {
                 Err(source) => {
                     tracing::error!(component = %name, error = %source, "component failed to start");
                     *self.phase.lock() = Phase::Stopping;
+                    self.stopping.cancel();
                     self.publish(NodeState::Stopping);
-                    let report = self.stop_components(&mut started).await;
+                    let report = self.stop_components(&mut started, None).await;
                     *self.phase.lock() = Phase::Stopped;
                     self.publish(NodeState::Stopped);
                     return Err(StartError::ComponentFailed {
@@ -236,6 +256,57 @@ impl LifecycleManager {
         }
         self.set_state(reached);
         Ok(())
+    }
+
+    /// Move the node down to `level`: stop, in reverse order, the running components
+    /// registered above it (for example tables for maintenance) and publish `reached`. They
+    /// start again with [`start_up_to`](Self::start_up_to).
+    pub async fn stop_above(
+        &self,
+        level: RunLevel,
+        reached: NodeState,
+    ) -> Result<StopReport, StartError> {
+        {
+            let mut phase = self.phase.lock();
+            match *phase {
+                Phase::Idle | Phase::Started => *phase = Phase::Starting,
+                Phase::Starting => return Err(StartError::InvalidState("starting")),
+                Phase::Stopping | Phase::Stopped => {
+                    return Err(StartError::InvalidState("stopped"))
+                }
+            }
+        }
+        let mut started = self.started.lock().await;
+        let report = self.stop_components(&mut started, Some(level)).await;
+        drop(started);
+        {
+            let mut phase = self.phase.lock();
+            if *phase == Phase::Starting {
+                *phase = Phase::Started;
+            }
+        }
+        self.set_state(reached);
+        Ok(report)
+    }
+
+    /// The highest run level all of whose components run (`None` before the first start).
+    pub fn run_level(&self) -> Option<RunLevel> {
+        let started = self.started.try_lock().ok()?;
+        let registered = self.registered.lock();
+        [RunLevel::Ready, RunLevel::Metastorage, RunLevel::Zombie]
+            .into_iter()
+            .find(|level| {
+                registered
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.level <= *level)
+                    .all(|(i, _)| started.iter().any(|s| s.index == i))
+                    && !started.is_empty()
+            })
+    }
+
+    fn level_of(&self, index: usize) -> RunLevel {
+        self.registered.lock()[index].level
     }
 
     /// Stop every started component in reverse order, each bounded by the stop timeout.
@@ -266,7 +337,7 @@ impl LifecycleManager {
             tracing::warn!(timeout = ?self.config.stop_timeout, "operations still running after stop timeout");
         }
         let mut started = self.started.lock().await;
-        let report = self.stop_components(&mut started).await;
+        let report = self.stop_components(&mut started, None).await;
         *self.last_report.lock() = Some(report.clone());
         *self.phase.lock() = Phase::Stopped;
         self.publish(NodeState::Stopped);
@@ -294,12 +365,27 @@ impl LifecycleManager {
         RunOutcome { fault, report }
     }
 
-    async fn stop_components(&self, started: &mut Vec<Arc<dyn Component>>) -> StopReport {
+    /// Stop the started components above `keep` (all when `None`) in reverse start order.
+    async fn stop_components(
+        &self,
+        started: &mut Vec<StartedComponent>,
+        keep: Option<RunLevel>,
+    ) -> StopReport {
         let timeout = self.config.stop_timeout;
         let mut report = StopReport::default();
-        for component in started.iter().rev() {
-            let name = component.name().to_owned();
-            if tokio::time::timeout(timeout, component.before_stop())
+        let mut victims: Vec<StartedComponent> = Vec::new();
+        let mut kept: Vec<StartedComponent> = Vec::new();
+        for s in started.drain(..) {
+            if keep.is_none_or(|k| s.level > k) {
+                victims.push(s);
+            } else {
+                kept.push(s);
+            }
+        }
+        *started = kept;
+        for s in victims.iter().rev() {
+            let name = s.component.name().to_owned();
+            if tokio::time::timeout(timeout, s.component.before_stop())
                 .await
                 .is_err()
             {
@@ -310,7 +396,8 @@ impl LifecycleManager {
                 });
             }
         }
-        for component in started.drain(..).rev() {
+        for s in victims.into_iter().rev() {
+            let component = s.component;
             let name = component.name().to_owned();
             let begin = Instant::now();
             let span = tracing::info_span!("stop", component = %name);

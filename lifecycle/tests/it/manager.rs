@@ -276,3 +276,61 @@ async fn components_are_registered_with_their_run_level() {
     );
     lm.stop().await;
 }
+
+#[tokio::test]
+async fn run_levels_start_in_steps_and_move_down_and_up() {
+    let journal = Journal::default();
+    let lm = manager(Duration::from_secs(5));
+    for (name, level) in [
+        ("vault", RunLevel::Zombie),
+        ("network", RunLevel::Zombie),
+        ("metastorage", RunLevel::Metastorage),
+        ("table", RunLevel::Ready),
+    ] {
+        lm.register(level, TestComponent::new(name, Behaviour::Ok, &journal))
+            .unwrap();
+    }
+    assert_eq!(lm.run_level(), None);
+    lm.start_up_to(RunLevel::Zombie, NodeState::Zombie)
+        .await
+        .unwrap();
+    assert_eq!(lm.state(), NodeState::Zombie);
+    assert_eq!(lm.run_level(), Some(RunLevel::Zombie));
+    assert_eq!(entries(&journal, "start"), ["vault", "network"]);
+
+    lm.start_up_to(RunLevel::Ready, NodeState::Started)
+        .await
+        .unwrap();
+    assert_eq!(lm.state(), NodeState::Started);
+    assert_eq!(lm.run_level(), Some(RunLevel::Ready));
+    assert_eq!(
+        entries(&journal, "start"),
+        ["vault", "network", "metastorage", "table"],
+        "each started once"
+    );
+
+    let report = lm
+        .stop_above(RunLevel::Zombie, NodeState::Zombie)
+        .await
+        .unwrap();
+    assert_eq!(report.stopped, ["table", "metastorage"]);
+    assert_eq!(lm.run_level(), Some(RunLevel::Zombie));
+
+    lm.start_up_to(RunLevel::Ready, NodeState::Started)
+        .await
+        .unwrap();
+    assert_eq!(
+        entries(&journal, "start"),
+        [
+            "vault",
+            "network",
+            "metastorage",
+            "table",
+            "metastorage",
+            "table"
+        ]
+    );
+
+    let report = lm.stop().await;
+    assert_eq!(report.stopped, ["table", "metastorage", "network", "vault"]);
+}
