@@ -172,7 +172,8 @@ impl MessagingService {
         self.check_running()?;
         let payload = encode_payload(&msg, M::GROUP)?;
         if self.is_local(to) {
-            return self.deliver_local(M::GROUP, &payload).await.map(|_| ());
+            let fut = self.deliver_local(M::GROUP, &payload);
+            return self.inner.guard.wrap(fut).await?.map(|_| ());
         }
         let frame = wire::encode_envelope(M::GROUP, 0, Kind::OneWay, &payload)?;
         self.enqueue(to, frame).await
@@ -532,7 +533,11 @@ async fn peer_task(
     }
     drop(peers);
     rx.close();
-    fail_pending(&inner, peer.launch_id, "connection closed");
+    // Frames still queued are dropped (best effort); invokes waiting on them fail now rather
+    // than at their timeout.
+    if !rx.is_empty() {
+        fail_pending(&inner, peer.launch_id, "connection closed");
+    }
 }
 
 enum Ended {
@@ -807,7 +812,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 let fut = run_handler(&handler, peer.clone(), env.payload)?;
                 if env.kind == Kind::OneWay {
                     // In order: the next one-way message waits for this handler.
-                    if let Err(reason) = fut.await {
+                    let outcome = tokio::select! {
+                        () = cancel.cancelled() => return Ok(()),
+                        r = fut => r,
+                    };
+                    if let Err(reason) = outcome {
                         tracing::warn!(peer = %peer.name, group = env.group, %reason, "one-way handler failed");
                     }
                 } else {
@@ -815,8 +824,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     let group = env.group;
                     let correlation = env.correlation;
                     let peer_name = peer.name.clone();
+                    let stopping = local.cancel.clone();
                     local.tracker.spawn(async move {
-                        let (kind, payload) = match fut.await {
+                        // A handler still running at stop is abandoned: stop never waits on it.
+                        let outcome = tokio::select! {
+                            () = stopping.cancelled() => return,
+                            r = fut => r,
+                        };
+                        let (kind, payload) = match outcome {
                             Ok(bytes) => (Kind::Response, bytes),
                             Err(reason) => {
                                 tracing::warn!(peer = %peer_name, group, %reason, "request handler failed");
