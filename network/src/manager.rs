@@ -43,6 +43,10 @@ enum Phase {
 }
 
 /// Cluster membership and messaging, as the third component of the startup graph.
+///
+/// Start reads the `network` configuration, the node id (created on first start) and the
+/// launch sequence from the vault, binds TCP and UDP on one port and joins through the seeds.
+/// A stopped manager is not started again: build a new one (a restart is a new launch).
 pub struct NetworkManager {
     local_name: String,
     metadata: BTreeMap<String, String>,

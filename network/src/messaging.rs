@@ -114,8 +114,9 @@ impl MessagingService {
 
     /// Register the handler of message group `M::GROUP`, before the component starts.
     ///
-    /// The handler serves both one-way messages (its reply is dropped) and requests (its
-    /// reply, or its error, goes back to the caller of [`invoke`](Self::invoke)). A handler
+    /// The handler serves both one-way messages (its reply is dropped) and requests: it
+    /// responds by returning, and the reply (or its error) goes back to the caller of
+    /// [`invoke`](Self::invoke) on the connection the request came in on. A handler
     /// that fails or panics fails that one request; the connection and the node go on.
     pub fn register_handler<M, R, F, Fut>(&self, handler: F) -> Result<()>
     where
@@ -238,11 +239,6 @@ impl MessagingService {
             group: M::GROUP,
             reason: format!("reply: {e}"),
         })
-    }
-
-    /// Reply helper for handlers that answer later: the same as returning the value.
-    pub fn respond<R: Serialize>(reply: &R) -> std::result::Result<Vec<u8>, String> {
-        postcard::to_stdvec(reply).map_err(|e| e.to_string())
     }
 
     fn check_running(&self) -> Result<()> {
