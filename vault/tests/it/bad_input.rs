@@ -108,3 +108,70 @@ async fn vault_path_that_is_a_file_fails_with_the_path() {
     let err = start(&vault).await.expect_err("vault dir is a file");
     assert_names_the_path(&err, dir.path());
 }
+
+/// Set in the child process of [`dir_locked_by_another_process_is_refused`].
+const HOLDER_ENV: &str = "VAULT_TEST_HOLD_DIR";
+const HOLDER_READY: &str = "vault-holder-ready";
+
+/// Another process holds the directory: this process is refused at once. The test runs
+/// itself as the other process (with `HOLDER_ENV` set), which holds the vault open until
+/// its stdin closes.
+#[test]
+fn dir_locked_by_another_process_is_refused() {
+    use std::{
+        io::{BufRead, BufReader},
+        process::{Command, Stdio},
+    };
+
+    if let Some(dir) = std::env::var_os(HOLDER_ENV) {
+        let held = SledVaultStorage::open(&dir).expect("the holder opens the vault");
+        println!("{HOLDER_READY}");
+        let mut line = String::new();
+        // returns at EOF: when the parent closes our stdin or dies
+        std::io::stdin().read_line(&mut line).expect("read stdin");
+        drop(held);
+        return;
+    }
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let vault_dir = dir.path().join("vault");
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "bad_input::dir_locked_by_another_process_is_refused",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HOLDER_ENV, &vault_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the holder");
+    // Read the child's output on a thread, so waiting for "ready" is bounded.
+    let stdout = child.stdout.take().expect("child stdout");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains(HOLDER_READY) {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    if ready_rx.recv_timeout(crate::support::DEADLINE).is_err() {
+        let _ = child.kill();
+        panic!("the holder process did not open the vault in time");
+    }
+
+    let err = SledVaultStorage::open(&vault_dir).expect_err("held by another process");
+    assert!(
+        matches!(err, Error::Locked { ref path } if path == &vault_dir),
+        "{err:?}"
+    );
+
+    drop(child.stdin.take());
+    let status = child.wait().expect("wait for the holder");
+    assert!(status.success(), "the holder exited cleanly: {status}");
+    reader.join().expect("output reader");
+    SledVaultStorage::open(&vault_dir).expect("free once the other process exited");
+}
