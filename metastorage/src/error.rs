@@ -80,12 +80,65 @@ pub enum Error {
     /// The component is stopping (or stopped): retry elsewhere, not fatal.
     #[error(transparent)]
     Stopping(#[from] lifecycle::Stopping),
+    /// The cluster has no cluster state yet: nothing replicated exists.
+    #[error("cluster is not initialized: run `ignite cluster init`")]
+    NotInitialized,
+    /// The cluster is initialized but the MetaStorage component is not running on this node
+    /// (it has not started yet, or it stopped).
+    #[error("metastorage is not started on node {node}")]
+    NotStarted {
+        /// This node's name (empty before the network started).
+        node: String,
+    },
+    /// Watches were deployed already, or deploy was asked for twice.
+    #[error("metastorage watches are already deployed")]
+    AlreadyDeployed,
+    /// An init request asked for other parameters than the cluster was initialized with.
+    #[error("cluster is already initialized: {0}")]
+    AlreadyInitialized(String),
+    /// An init request that cannot be carried out (unknown node names, empty name, ...).
+    #[error("cluster init refused: {0}")]
+    InvalidInit(String),
+    /// The cluster state was stored on some nodes but not delivered to others.
+    #[error("cluster state was not delivered to every node: {0}; retry the same init")]
+    InitIncomplete(String),
+    /// The Raft group of the MetaStorage failed.
+    #[error("metastorage raft group: {0}")]
+    Raft(#[from] raft::Error),
+    /// The vault (where the cluster state lives) failed.
+    #[error("metastorage cluster state in the vault: {0}")]
+    Vault(#[from] vault::Error),
+    /// A message to another node failed.
+    #[error("metastorage messaging: {0}")]
+    Network(#[from] network::Error),
+    /// The `metastorage` configuration could not be read.
+    #[error("metastorage configuration: {0}")]
+    Config(String),
+    /// A write command was rejected by the state machine (it did not decode there).
+    #[error("metastorage command rejected: {0}")]
+    Rejected(String),
+    /// An operation did not finish in time; a write may or may not have been applied.
+    #[error("metastorage {what} timed out after {millis} ms")]
+    Timeout {
+        /// What timed out.
+        what: String,
+        /// The deadline, in milliseconds.
+        millis: u64,
+    },
 }
 
 impl Error {
     /// True for errors that mean "try again later or elsewhere" rather than a fault.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Stopping(_) | Error::RevisionAhead { .. })
+        match self {
+            Error::Stopping(_)
+            | Error::RevisionAhead { .. }
+            | Error::NotStarted { .. }
+            | Error::Timeout { .. } => true,
+            Error::Raft(e) => e.is_retryable(),
+            Error::Network(e) => network_retryable(e),
+            _ => false,
+        }
     }
 
     pub(crate) fn decode(what: &'static str, e: impl std::fmt::Display) -> Self {
@@ -101,6 +154,17 @@ impl Error {
             reason: e.to_string(),
         }
     }
+}
+
+fn network_retryable(e: &network::Error) -> bool {
+    matches!(
+        e,
+        network::Error::Stopping(_)
+            | network::Error::Timeout { .. }
+            | network::Error::UnknownPeer(_)
+            | network::Error::ConnectionLost { .. }
+            | network::Error::Io { .. }
+    )
 }
 
 /// The MetaStorage result type.

@@ -1,9 +1,12 @@
-//! Integration tests of the metastorage core: the conformance suite on both storages, sled
+//! Integration tests of the metastorage crate: the conformance suite on both storages, sled
 //! durability, the state machine (idempotency, snapshots, determinism), watches (order,
-//! atomicity, replay across a restart) and property tests against a reference model and on
-//! every decoder.
+//! atomicity, replay across a restart), property tests against a reference model and on
+//! every decoder, and in-process clusters (init, replication, learners, watches across
+//! nodes and restarts, compaction, distributed configuration).
 mod conformance;
 mod decoder;
+mod harness;
+mod init;
 mod model;
 mod state_machine;
 mod strategies;
