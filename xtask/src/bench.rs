@@ -26,8 +26,6 @@ struct Cycle {
     clean_exit: bool,
 }
 
-/// Starts a standalone node on `data_dir`, waits until it is STARTED, idles, reads its RSS,
-/// then SIGTERMs it and waits for it to exit.
 /// The addresses of one run's node: the same for its cold and its warm start, because after the
 /// first start the vault, not the command line, is the source of the node's configuration.
 #[derive(Clone, Copy)]
@@ -48,6 +46,8 @@ impl Addresses {
     }
 }
 
+/// Starts a standalone node on `data_dir`, waits until it is STARTED, idles, reads its RSS,
+/// then SIGTERMs it and waits for it to exit.
 fn cycle(
     binary: &Path,
     data_dir: &Path,
