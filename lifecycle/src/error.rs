@@ -66,13 +66,12 @@ impl StopReport {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A component failed to start; the ones started before it were stopped in reverse order.
-    #[error("component {component} failed to start: {source}{}", fmt_stop_failures(.stop_failures))]
+    #[error("component {component} failed to start: {cause}{}", fmt_stop_failures(.stop_failures))]
     ComponentFailed {
         /// The component that failed.
         component: String,
-        /// Its error.
-        #[source]
-        source: BoxError,
+        /// Its error (part of this error's message, so not repeated as its `source`).
+        cause: BoxError,
         /// Failures while stopping the components already started.
         stop_failures: Vec<StopFailure>,
     },

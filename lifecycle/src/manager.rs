@@ -230,8 +230,8 @@ impl LifecycleManager {
                 Ok(()) => {
                     tracing::info!(component = %name, elapsed_ms = elapsed.as_secs_f64() * 1e3, "component started")
                 }
-                Err(source) => {
-                    tracing::error!(component = %name, error = %source, "component failed to start");
+                Err(cause) => {
+                    tracing::error!(component = %name, error = %cause, "component failed to start");
                     *self.phase.lock() = Phase::Stopping;
                     self.stopping.cancel();
                     self.publish(NodeState::Stopping);
@@ -240,7 +240,7 @@ impl LifecycleManager {
                     self.publish(NodeState::Stopped);
                     return Err(StartError::ComponentFailed {
                         component: name,
-                        source,
+                        cause,
                         stop_failures: report.failures,
                     });
                 }

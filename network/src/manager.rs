@@ -49,7 +49,7 @@ enum Phase {
 /// A stopped manager is not started again: build a new one (a restart is a new launch).
 pub struct NetworkManager {
     local_name: String,
-    metadata: BTreeMap<String, String>,
+    metadata: Mutex<BTreeMap<String, String>>,
     vault: Arc<VaultManager>,
     config: ConfigSource,
     topology: TopologyService,
@@ -95,7 +95,7 @@ impl NetworkManager {
         let messaging = MessagingService::new(topology.clone(), guard.clone());
         Self {
             local_name,
-            metadata,
+            metadata: Mutex::new(metadata),
             vault,
             config,
             topology,
@@ -192,11 +192,42 @@ impl NetworkManager {
         Ok(next)
     }
 
+    /// The node's name: the one stored in the vault at first start wins over the name this
+    /// manager was built with (a restart with another `--name` keeps the node's identity).
+    async fn node_name(&self) -> Result<String> {
+        let vault_err = |e: vault::Error| Error::Vault {
+            key: "node name".to_owned(),
+            reason: e.to_string(),
+        };
+        match self.vault.name().await.map_err(vault_err)? {
+            Some(stored) => {
+                if stored != self.local_name {
+                    tracing::warn!(stored = %stored, given = %self.local_name, "ignored node name: vault was bootstrapped");
+                }
+                Ok(stored)
+            }
+            None => {
+                self.vault
+                    .set_name(&self.local_name)
+                    .await
+                    .map_err(vault_err)?;
+                Ok(self.local_name.clone())
+            }
+        }
+    }
+
+    /// Set a metadata attribute gossiped with the local member (e.g. `rest` => its URL).
+    /// Takes effect at start: call it before the network component starts.
+    pub fn set_metadata(&self, key: impl Into<String>, value: impl Into<String>) {
+        self.metadata.lock().insert(key.into(), value.into());
+    }
+
     async fn start_inner(&self, ctx: &StartContext) -> Result<()> {
         if !matches!(*self.phase.lock(), Phase::Idle) {
             return Err(Error::InvalidState("already started or stopped"));
         }
         let config = self.read_config()?;
+        let name = self.node_name().await?;
         let node_id = self.node_id().await?;
         let launch_seq = self.next_launch_seq().await?;
         let (listener, socket) = bind(&config).await?;
@@ -205,11 +236,11 @@ impl NetworkManager {
             source,
         })?;
         let node = ClusterNode {
-            name: self.local_name.clone(),
+            name,
             id: node_id,
             launch_id: Uuid::new_v4(),
             address,
-            metadata: self.metadata.clone(),
+            metadata: self.metadata.lock().clone(),
         };
         let cancel = CancellationToken::new();
         let (leave_tx, leave_rx) = mpsc::channel(4);

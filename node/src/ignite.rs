@@ -1,5 +1,6 @@
 //! Node assembly: build each manager with its dependencies, register, start; the facade.
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
@@ -8,6 +9,7 @@ use std::{
 
 use configuration::{BootstrapConfig, ConfigurationManager, LocalConfigurationStorage, RootKey};
 use lifecycle::{LifecycleConfig, LifecycleManager, NodeState, RunLevel, RunOutcome, StopReport};
+use network::{NetworkConfiguration, NetworkManager, TopologyService};
 use serde::Serialize;
 use vault::VaultManager;
 
@@ -45,6 +47,7 @@ impl NodeOptions {
                     data_dir.to_string_lossy().into_owned().into(),
                 ),
                 ("rest.listen".into(), "127.0.0.1:0".into()),
+                ("network.listen".into(), "127.0.0.1:0".into()),
             ],
             standalone: true,
         }
@@ -73,6 +76,8 @@ pub struct NodeInfo {
     pub data_dir: PathBuf,
     /// Bound REST address.
     pub rest_address: Option<SocketAddr>,
+    /// Bound network (messaging and membership) address.
+    pub network_address: Option<SocketAddr>,
     /// Whether the node runs as a one-node cluster.
     pub standalone: bool,
     /// Seconds since the node was built.
@@ -87,6 +92,7 @@ struct Inner {
     lifecycle: Arc<LifecycleManager>,
     vault: Arc<VaultManager>,
     configuration: Arc<ConfigurationManager>,
+    network: Arc<NetworkManager>,
     rest: Arc<RestComponent>,
 }
 
@@ -111,6 +117,7 @@ fn roots() -> Vec<RootKey> {
     vec![
         RootKey::of::<NodeConfiguration>(),
         RootKey::of::<RestConfiguration>(),
+        RootKey::of::<NetworkConfiguration>(),
     ]
 }
 
@@ -167,12 +174,24 @@ impl IgniteImpl {
             vec![local_storage],
             Some(bootstrap),
         ));
-        // REST answers from the zombie state on, so it comes right after configuration.
-        let rest = Arc::new(RestComponent::new(Arc::clone(&configuration)));
+        // 3. network (its node name is the vault's once bootstrapped)
+        let network = Arc::new(NetworkManager::new(
+            node_cfg.name.clone(),
+            Arc::clone(&vault),
+            Arc::clone(&configuration),
+            BTreeMap::new(),
+        ));
+        // REST answers from the zombie state on; it starts before the network so that its
+        // address is gossiped with the member.
+        let rest = Arc::new(RestComponent::new(
+            Arc::clone(&configuration),
+            Arc::clone(&network),
+        ));
 
         lifecycle.register(RunLevel::Zombie, vault.clone())?;
         lifecycle.register(RunLevel::Zombie, configuration.clone())?;
         lifecycle.register(RunLevel::Zombie, rest.clone())?;
+        lifecycle.register(RunLevel::Zombie, network.clone())?;
 
         let ignite = Self {
             inner: Arc::new(Inner {
@@ -183,6 +202,7 @@ impl IgniteImpl {
                 lifecycle,
                 vault,
                 configuration,
+                network,
                 rest,
             }),
         };
@@ -214,6 +234,16 @@ impl IgniteImpl {
         &self.inner.configuration
     }
 
+    /// The physical topology: the members this node sees.
+    pub fn topology(&self) -> TopologyService {
+        self.inner.network.topology()
+    }
+
+    /// The network manager (messaging between nodes).
+    pub fn network(&self) -> &Arc<NetworkManager> {
+        &self.inner.network
+    }
+
     /// The vault.
     pub fn vault(&self) -> &Arc<VaultManager> {
         &self.inner.vault
@@ -238,6 +268,7 @@ impl IgniteImpl {
             pid: std::process::id(),
             data_dir: self.inner.data_dir.clone(),
             rest_address: self.rest_address(),
+            network_address: self.inner.network.local_address(),
             standalone: self.inner.standalone,
             uptime_seconds: self.inner.created.elapsed().as_secs_f64(),
         }

@@ -95,7 +95,7 @@ async fn failure_of_third_of_five_stops_the_started_ones_in_reverse() {
             stop_failures,
         } => {
             assert_eq!(component, "c3");
-            assert_eq!(source.to_string(), "disk of c3 is on fire");
+            assert_eq!(cause.to_string(), "disk of c3 is on fire");
             assert_eq!(stop_failures.len(), 1);
             assert_eq!(stop_failures[0].component, "c2");
             assert_eq!(

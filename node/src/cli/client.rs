@@ -95,6 +95,34 @@ impl Client {
         Ok(0)
     }
 
+    pub(crate) async fn topology_physical(&self) -> anyhow::Result<i32> {
+        let v = self
+            .call(
+                Method::GET,
+                "/management/v1/cluster/topology/physical",
+                None,
+            )
+            .await?;
+        self.print(&v, |v| {
+            let mut rows = vec![[
+                "NAME".to_owned(),
+                "ADDRESS".to_owned(),
+                "REST".to_owned(),
+                "ID".to_owned(),
+            ]];
+            for m in v.as_array().into_iter().flatten() {
+                rows.push([
+                    str_of(&m["name"]),
+                    str_of(&m["address"]),
+                    str_of(&m["metadata"]["rest"]),
+                    str_of(&m["id"]),
+                ]);
+            }
+            table(&rows)
+        });
+        Ok(0)
+    }
+
     pub(crate) async fn config_show(&self, path: Option<&str>) -> anyhow::Result<i32> {
         let suffix = path.map(|p| format!("/{p}")).unwrap_or_default();
         let v = self
@@ -131,9 +159,31 @@ impl Client {
     }
 }
 
+/// Left-aligned columns separated by two spaces.
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    rows.iter()
+        .map(|row| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            cells.join("  ").trim_end().to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn str_of(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
         other => other.to_string(),
     }
 }

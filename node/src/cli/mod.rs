@@ -20,6 +20,13 @@ pub struct Cli {
 enum Command {
     /// Start a node in this process and serve until SIGINT/SIGTERM.
     Start(start::StartArgs),
+    /// The cluster this node belongs to.
+    Cluster {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Inspect and configure one node.
     Node {
         #[command(flatten)]
@@ -47,6 +54,21 @@ pub(crate) enum Output {
     Human,
     /// One JSON document for scripts.
     Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Cluster topologies.
+    Topology {
+        #[command(subcommand)]
+        command: TopologyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TopologyCommand {
+    /// Every node this node sees on the network, initialized or not.
+    Physical,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +114,14 @@ impl Cli {
         let result = runtime.block_on(async move {
             match self.command {
                 Command::Start(args) => start::run(args).await,
+                Command::Cluster { client, command } => {
+                    let c = client::Client::new(&client)?;
+                    match command {
+                        ClusterCommand::Topology {
+                            command: TopologyCommand::Physical,
+                        } => c.topology_physical().await,
+                    }
+                }
                 Command::Node { client, command } => {
                     let c = client::Client::new(&client)?;
                     match command {

@@ -20,6 +20,12 @@ pub(crate) struct StartArgs {
     /// REST address (`rest.listen`), e.g. 127.0.0.1:10300.
     #[arg(long)]
     rest: Option<String>,
+    /// Network address for messaging and membership (`network.listen`), e.g. 127.0.0.1:3344.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Other nodes to join through (`network.seeds`), comma separated host:port.
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<String>>,
     /// Run as a one-node cluster (the embedded default) instead of waiting for `cluster init`.
     #[arg(long)]
     standalone: bool,
@@ -38,6 +44,12 @@ impl StartArgs {
         }
         if let Some(dir) = &self.data_dir {
             options = options.with("node.data_dir", dir.to_string_lossy().into_owned());
+        }
+        if let Some(listen) = &self.listen {
+            options = options.with("network.listen", listen.as_str());
+        }
+        if let Some(seeds) = &self.seeds {
+            options = options.with("network.seeds", seeds.clone());
         }
         if let Some(rest) = &self.rest {
             options = options.with("rest.listen", rest.as_str());

@@ -20,6 +20,10 @@ pub(super) fn router(ignite: IgniteImpl) -> Router {
         .route("/management/v1/node/state", get(node_state))
         .route("/management/v1/node/info", get(node_info))
         .route(
+            "/management/v1/cluster/topology/physical",
+            get(topology_physical),
+        )
+        .route(
             "/management/v1/configuration/node",
             get(config_get_all).patch(config_patch_all),
         )
@@ -69,6 +73,25 @@ async fn node_state(State(ignite): State<IgniteImpl>) -> Response {
 
 async fn node_info(State(ignite): State<IgniteImpl>) -> Response {
     Json(ignite.info()).into_response()
+}
+
+async fn topology_physical(State(ignite): State<IgniteImpl>) -> ApiResult {
+    let _t = guard(&ignite)?;
+    let members: Vec<_> = ignite
+        .topology()
+        .members()
+        .into_iter()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "id": m.id,
+                "launch_id": m.launch_id,
+                "address": m.address,
+                "metadata": m.metadata,
+            })
+        })
+        .collect();
+    Ok(Json(members).into_response())
 }
 
 /// `network/seeds` and `network.seeds` both name the key `network.seeds`.

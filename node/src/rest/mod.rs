@@ -8,6 +8,7 @@ use std::{net::SocketAddr, sync::Arc};
 use async_trait::async_trait;
 use configuration::ConfigurationManager;
 use lifecycle::{spawn_supervised, BoxError, Component, StartContext};
+use network::NetworkManager;
 use parking_lot::Mutex;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -17,6 +18,7 @@ use crate::{config::RestConfiguration, ignite::IgniteImpl};
 /// Serves REST for one node.
 pub(crate) struct RestComponent {
     configuration: Arc<ConfigurationManager>,
+    network: Arc<NetworkManager>,
     ignite: Mutex<Option<IgniteImpl>>,
     address: Mutex<Option<SocketAddr>>,
     cancel: CancellationToken,
@@ -24,9 +26,13 @@ pub(crate) struct RestComponent {
 }
 
 impl RestComponent {
-    pub(crate) fn new(configuration: Arc<ConfigurationManager>) -> Self {
+    pub(crate) fn new(
+        configuration: Arc<ConfigurationManager>,
+        network: Arc<NetworkManager>,
+    ) -> Self {
         Self {
             configuration,
+            network,
             ignite: Mutex::new(None),
             address: Mutex::new(None),
             cancel: CancellationToken::new(),
@@ -61,6 +67,8 @@ impl Component for RestComponent {
             })?;
         let address = listener.local_addr()?;
         *self.address.lock() = Some(address);
+        self.network
+            .set_metadata("rest", format!("http://{address}"));
         let ignite = self
             .ignite
             .lock()

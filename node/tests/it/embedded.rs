@@ -106,6 +106,16 @@ async fn standalone_node_serves_the_management_api() {
         json!(3000)
     );
 
+    let (s, _, body) = rest.get("/management/v1/cluster/topology/physical").await;
+    assert_eq!(s, 200);
+    let members = json(&body);
+    assert_eq!(members.as_array().unwrap().len(), 1);
+    assert_eq!(members[0]["name"], "emb");
+    assert_eq!(
+        members[0]["metadata"]["rest"],
+        format!("http://{}", ignite.rest_address().unwrap())
+    );
+
     let (s, _, body) = rest.get("/metrics").await;
     assert_eq!(s, 200);
     assert!(body.contains("ignite_node_state"), "{body}");

@@ -105,6 +105,8 @@ fn bad_config_file_exits_non_zero_naming_the_key() {
         data.to_str().unwrap(),
         "--rest",
         "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("stop_timeout_msx"), "names the key: {err}");
@@ -137,6 +139,8 @@ fn second_node_on_the_same_data_dir_is_refused_while_the_first_keeps_serving() {
         &d,
         "--rest",
         "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("in use"), "clear error: {err}");
@@ -163,4 +167,69 @@ fn client_errors_go_to_stderr_with_a_non_zero_exit() {
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("PATH=VALUE"), "{err}");
+}
+
+fn members_of(url: &str) -> Option<Vec<String>> {
+    let (code, out, _) = run_cli(&[
+        "cluster", "topology", "physical", "--url", url, "--output", "json",
+    ]);
+    if code != 0 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(out.trim()).ok()?;
+    let mut names: Vec<String> = v
+        .as_array()?
+        .iter()
+        .filter_map(|m| m["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    Some(names)
+}
+
+#[test]
+fn three_processes_see_each_other_and_a_killed_one_disappears() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = NodeProcess::start(dirs[0].path(), &["--name", "a"]);
+    let (code, out, _) = run_cli(&["node", "info", "--url", &a.url(), "--output", "json"]);
+    assert_eq!(code, 0);
+    let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let seed = info["network_address"]
+        .as_str()
+        .expect("network address in node info")
+        .to_owned();
+    assert_eq!(
+        info["state"], "ZOMBIE",
+        "without --standalone a node waits for init"
+    );
+
+    let b = NodeProcess::start(dirs[1].path(), &["--name", "b", "--seeds", &seed]);
+    let c = NodeProcess::start(dirs[2].path(), &["--name", "c", "--seeds", &seed]);
+    let all = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
+    for node in [&a, &b, &c] {
+        wait_for("all three members", || {
+            members_of(&node.url()).filter(|m| *m == all)
+        });
+    }
+    // the human table lists the members with their REST address
+    let (code, out, _) = run_cli(&["cluster", "topology", "physical", "--url", &b.url()]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("NAME"), "{out}");
+    assert!(
+        out.contains(&a.url()),
+        "REST address gossiped as metadata: {out}"
+    );
+
+    crate::support::send_signal(c.pid(), 9);
+    let two = vec!["a".to_owned(), "b".to_owned()];
+    for node in [&a, &b] {
+        wait_for("c to disappear", || {
+            members_of(&node.url()).filter(|m| *m == two)
+        });
+    }
+    drop(c);
+    assert_eq!(b.terminate().code(), Some(0));
+    wait_for("b to say goodbye", || {
+        members_of(&a.url()).filter(|m| *m == ["a".to_owned()])
+    });
+    assert_eq!(a.terminate().code(), Some(0));
 }

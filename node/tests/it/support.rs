@@ -68,7 +68,15 @@ impl NodeProcess {
     /// API is bound (read from its log).
     pub(crate) fn start(data_dir: &Path, extra: &[&str]) -> Self {
         let dir = data_dir.to_string_lossy().into_owned();
-        let mut args = vec!["start", "--data-dir", dir.as_str(), "--rest", "127.0.0.1:0"];
+        let mut args = vec![
+            "start",
+            "--data-dir",
+            dir.as_str(),
+            "--rest",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+        ];
         args.extend_from_slice(extra);
         let mut child = spawn(&args);
         let stderr = drain(&mut child);
