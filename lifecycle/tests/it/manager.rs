@@ -91,7 +91,7 @@ async fn failure_of_third_of_five_stops_the_started_ones_in_reverse() {
     match &err {
         StartError::ComponentFailed {
             component,
-            source,
+            cause,
             stop_failures,
         } => {
             assert_eq!(component, "c3");
