@@ -7,6 +7,7 @@ mod cluster_watch;
 mod compaction;
 mod conformance;
 mod decoder;
+mod distributed_config;
 mod harness;
 mod init;
 mod learner;
