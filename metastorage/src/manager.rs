@@ -299,6 +299,39 @@ impl MetaStorageManager {
         Ok(state)
     }
 
+    /// Asks every other member for the cluster state (a node that missed init and every
+    /// push); stores and returns the first one found. Returns the local state if there is
+    /// one already.
+    pub async fn fetch_cluster_state(&self) -> Result<Option<ClusterState>> {
+        if let Some(state) = self.cluster.load().await? {
+            return Ok(Some(state));
+        }
+        let config = self.configuration()?;
+        let topology = self.network.topology();
+        let local = topology.try_local_member();
+        let messaging = self.network.messaging();
+        for member in topology.members() {
+            if local.as_ref().is_some_and(|l| l.id == member.id) {
+                continue;
+            }
+            let reply = messaging
+                .invoke::<_, Option<ClusterState>>(
+                    &member,
+                    ClusterMessage::Query,
+                    config.init_timeout(),
+                )
+                .await;
+            match reply {
+                Ok(Some(state)) => return self.cluster.store(state).await.map(Some),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(node = %member.name, error = %e, "cluster state query failed")
+                }
+            }
+        }
+        Ok(None)
+    }
+
     // ----- running state -----
 
     fn running(&self) -> Result<Arc<Running>> {
@@ -720,6 +753,10 @@ impl MetaStorageManager {
     }
 
     async fn stop_inner(&self) -> Result<()> {
+        // Blocked before taking the lifecycle lock: a start waiting in recovery gives up at
+        // once and unwinds instead of keeping stop waiting.
+        let guard = self.guard.lock().clone();
+        guard.block().await;
         let _serial = self.lifecycle.lock().await;
         let guard = self.guard.lock().clone();
         guard.block().await;

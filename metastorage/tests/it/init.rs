@@ -1,6 +1,7 @@
 //! Cluster init over a real 3-node network: the state reaches every vault, init is
 //! idempotent, and writes on any node are linearizably readable on every node.
 use anyhow::Result;
+use lifecycle::Component;
 use metastorage::{Error, InitRequest};
 
 use crate::harness::{Options, TestCluster};
@@ -137,5 +138,49 @@ async fn init_twice_is_idempotent_and_refuses_other_parameters() -> Result<()> {
     );
     let group = cluster.node("n1").ms.group().expect("group");
     assert_eq!(group.metrics().voters, vec!["n2"]);
+    cluster.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_stop_loses_no_acknowledged_write() -> Result<()> {
+    let mut cluster = TestCluster::start(3, false, Options::default()).await?;
+    cluster.init_and_start("n1").await?;
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        let rev = cluster.node("n2").ms.put(format!("k{i}"), "v").await?;
+        acked.push((format!("k{i}"), rev));
+    }
+    let leader = cluster
+        .node("n1")
+        .ms
+        .group()
+        .and_then(|g| g.leader())
+        .expect("a leader");
+    let stopped = cluster.node(&leader);
+    stopped
+        .ms
+        .stop()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let after = stopped.ms.get(b"k0").await.unwrap_err();
+    assert!(after.is_retryable(), "a stopped manager refuses: {after}");
+    cluster.stop_node(&leader).await?;
+    let survivor = &cluster.nodes[0];
+    let rev = survivor.ms.put("after", "failover").await?;
+    for node in &cluster.nodes {
+        for (key, rev) in &acked {
+            assert_eq!(
+                node.ms.get(key.as_bytes()).await?.map(|e| e.revision),
+                Some(*rev),
+                "{key} on {}",
+                node.name
+            );
+        }
+        assert!(node
+            .ms
+            .get(b"after")
+            .await?
+            .is_some_and(|e| e.revision == rev));
+    }
     cluster.stop().await
 }

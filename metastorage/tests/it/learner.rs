@@ -9,6 +9,11 @@ use crate::harness::{events_until, watch_all, Options, TestCluster, WAIT};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn default_voters_are_three_and_the_fourth_is_a_learner() -> Result<()> {
     let cluster = TestCluster::start(4, false, Options::default()).await?;
+    assert_eq!(
+        cluster.node("n2").ms.fetch_cluster_state().await?,
+        None,
+        "nobody holds a state before init"
+    );
     let state = cluster
         .node("n4")
         .ms
@@ -49,6 +54,7 @@ async fn a_node_started_later_becomes_a_learner_and_catches_up() -> Result<()> {
         state,
         "pushed by the others"
     );
+    assert_eq!(n4.ms.fetch_cluster_state().await?, Some(state.clone()));
     n4.start_ms().await?;
     assert!(n4.ms.revision() >= last, "caught up during start");
     let mut rx = watch_all(n4)?;
