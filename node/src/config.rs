@@ -87,3 +87,46 @@ impl ConfigRoot for RestConfiguration {
             .map_err(|e| ("listen".into(), format!("not a socket address ({e})")))
     }
 }
+
+/// `[cluster]`: cluster-wide settings, stored in MetaStorage and the same on every node
+/// (`ignite cluster config show|update`). Read by the table layer: the defaults a
+/// `table create` without `--partitions`/`--replicas` gets, and the baseline's auto-adjust
+/// quiet period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfiguration {
+    /// Partitions of a new table when the request names none.
+    pub default_partitions: u32,
+    /// Replicas of each partition when the request names none.
+    pub default_replicas: u32,
+    /// Quiet period after a topology change before the baseline follows it; 0 = manual.
+    pub baseline_auto_adjust_ms: u64,
+}
+
+impl Default for ClusterConfiguration {
+    fn default() -> Self {
+        Self {
+            default_partitions: 25,
+            default_replicas: 1,
+            baseline_auto_adjust_ms: 5_000,
+        }
+    }
+}
+
+impl ConfigRoot for ClusterConfiguration {
+    const KEY: &'static str = "cluster";
+    const TYPE: ConfigurationType = ConfigurationType::Distributed;
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        if !(1..=65_536).contains(&self.default_partitions) {
+            return Err((
+                "default_partitions".into(),
+                "must be between 1 and 65536".into(),
+            ));
+        }
+        if !(1..=16).contains(&self.default_replicas) {
+            return Err(("default_replicas".into(), "must be between 1 and 16".into()));
+        }
+        Ok(())
+    }
+}

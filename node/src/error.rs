@@ -26,6 +26,9 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// MetaStorage or cluster init failed.
+    #[error(transparent)]
+    MetaStorage(#[from] metastorage::Error),
     /// The vault failed.
     #[error(transparent)]
     Vault(#[from] vault::Error),

@@ -8,13 +8,21 @@ use std::{
 };
 
 use configuration::{BootstrapConfig, ConfigurationManager, LocalConfigurationStorage, RootKey};
-use lifecycle::{LifecycleConfig, LifecycleManager, NodeState, RunLevel, RunOutcome, StopReport};
+use lifecycle::{
+    Fault, LifecycleConfig, LifecycleManager, NodeState, RunLevel, RunOutcome, StopReport,
+};
+use metastorage::{
+    ClusterState, DistributedConfigurationStorage, InitRequest, MetaStorageConfiguration,
+    MetaStorageManager,
+};
 use network::{NetworkConfiguration, NetworkManager, TopologyService};
+use raft::{RaftConfiguration, RaftManager};
 use serde::Serialize;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use vault::VaultManager;
 
 use crate::{
-    config::{NodeConfiguration, RestConfiguration},
+    config::{ClusterConfiguration, NodeConfiguration, RestConfiguration},
     error::{Error, Result},
     rest::RestComponent,
 };
@@ -93,7 +101,12 @@ struct Inner {
     vault: Arc<VaultManager>,
     configuration: Arc<ConfigurationManager>,
     network: Arc<NetworkManager>,
+    metastorage: Arc<MetaStorageManager>,
+    cluster_configuration: Arc<ConfigurationManager>,
     rest: Arc<RestComponent>,
+    /// The task that moves a zombie node on once the cluster is initialized.
+    join_tasks: TaskTracker,
+    join_cancel: CancellationToken,
 }
 
 /// The facade a started node offers: what REST handlers, the CLI and embedding code use.
@@ -118,6 +131,8 @@ fn roots() -> Vec<RootKey> {
         RootKey::of::<NodeConfiguration>(),
         RootKey::of::<RestConfiguration>(),
         RootKey::of::<NetworkConfiguration>(),
+        RootKey::of::<RaftConfiguration>(),
+        RootKey::of::<MetaStorageConfiguration>(),
     ]
 }
 
@@ -128,15 +143,83 @@ impl IgniteImpl {
         // The recorder goes in before any component records a metric.
         let _ = crate::telemetry::prometheus();
         let ignite = Self::build(options)?;
-        let reached = if ignite.inner.standalone {
-            NodeState::Started
-        } else {
-            NodeState::Zombie
-        };
-        ignite.inner.lifecycle.start_as(reached).await?;
-        let stored_name = ignite.inner.vault.name().await?;
-        tracing::info!(node = %ignite.name(), stored_name = ?stored_name, state = %ignite.state(), rest = ?ignite.rest_address(), "node started");
+        let lifecycle = &ignite.inner.lifecycle;
+        lifecycle
+            .start_up_to(RunLevel::Zombie, NodeState::Zombie)
+            .await?;
+        if let Err(e) = ignite.after_zombie().await {
+            lifecycle.stop().await;
+            return Err(e);
+        }
+        tracing::info!(node = %ignite.name(), state = %ignite.state(), rest = ?ignite.rest_address(), "node started");
         Ok(ignite)
+    }
+
+    /// From ZOMBIE: a standalone node initializes itself; an initialized node (a restart)
+    /// joins now; any other waits for `cluster init` in the background.
+    async fn after_zombie(&self) -> Result<()> {
+        let metastorage = &self.inner.metastorage;
+        if self.inner.standalone && metastorage.cluster_state().await?.is_none() {
+            let request = InitRequest {
+                name: "standalone".into(),
+                metastorage: vec![self.name()],
+            };
+            metastorage.init_cluster(request).await?;
+        }
+        if metastorage.cluster_state().await?.is_some() {
+            self.join().await
+        } else {
+            self.spawn_joiner();
+            Ok(())
+        }
+    }
+
+    /// Move from ZOMBIE to STARTED: MetaStorage joins and recovers, the components above it
+    /// start, then watches deploy (every listener is registered by then).
+    async fn join(&self) -> Result<()> {
+        let lifecycle = &self.inner.lifecycle;
+        lifecycle.set_state(NodeState::Recovering);
+        lifecycle
+            .start_up_to(RunLevel::Metastorage, NodeState::Recovering)
+            .await?;
+        lifecycle
+            .start_up_to(RunLevel::Ready, NodeState::Recovering)
+            .await?;
+        self.inner.metastorage.deploy_watches()?;
+        lifecycle.set_state(NodeState::Started);
+        tracing::info!(
+            recovery_revision = self.inner.metastorage.recovery_revision(),
+            "joined the cluster"
+        );
+        Ok(())
+    }
+
+    /// Wait in ZOMBIE for the cluster state (from `cluster init` on any node), then join. A
+    /// failure to join is a runtime fault: the node stops and exits non-zero.
+    fn spawn_joiner(&self) {
+        let ignite = self.clone();
+        let mut states = self.inner.metastorage.subscribe_cluster_state();
+        let cancel = self.inner.join_cancel.clone();
+        self.inner.join_tasks.spawn(async move {
+            let initialized = tokio::select! {
+                () = cancel.cancelled() => return,
+                r = states.wait_for(Option::is_some) => r.is_ok(),
+            };
+            if !initialized {
+                return;
+            }
+            if let Err(e) = ignite.join().await {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                ignite.inner.lifecycle.faults().report(Fault {
+                    component: "node".into(),
+                    task: "join".into(),
+                    reason: e.to_string(),
+                });
+            }
+        });
+        self.inner.join_tasks.close();
     }
 
     /// Construct every manager with its dependencies (no I/O but reading the bootstrap
@@ -181,6 +264,31 @@ impl IgniteImpl {
             Arc::clone(&configuration),
             BTreeMap::new(),
         ));
+        // 4. raft (registers its message handlers with the network before it starts)
+        let raft = Arc::new(RaftManager::new(
+            Arc::clone(&network),
+            Arc::clone(&vault),
+            Arc::clone(&configuration),
+        ));
+        // 5. metastorage (its cluster-init handlers work from the zombie state on) and the
+        //    cluster-wide configuration stored in it
+        let metastorage = Arc::new(MetaStorageManager::new(
+            Arc::clone(&vault),
+            Arc::clone(&network),
+            Arc::clone(&raft),
+            Arc::clone(&configuration),
+        ));
+        let distributed = Arc::new(DistributedConfigurationStorage::new(Arc::clone(
+            &metastorage,
+        )));
+        let cluster_configuration = Arc::new(
+            ConfigurationManager::new(
+                vec![RootKey::of::<ClusterConfiguration>()],
+                vec![distributed],
+                None,
+            )
+            .with_name("cluster-configuration"),
+        );
         // REST answers from the zombie state on; it starts before the network so that its
         // address is gossiped with the member.
         let rest = Arc::new(RestComponent::new(
@@ -192,6 +300,9 @@ impl IgniteImpl {
         lifecycle.register(RunLevel::Zombie, configuration.clone())?;
         lifecycle.register(RunLevel::Zombie, rest.clone())?;
         lifecycle.register(RunLevel::Zombie, network.clone())?;
+        lifecycle.register(RunLevel::Zombie, raft)?;
+        lifecycle.register(RunLevel::Metastorage, metastorage.clone())?;
+        lifecycle.register(RunLevel::Metastorage, cluster_configuration.clone())?;
 
         let ignite = Self {
             inner: Arc::new(Inner {
@@ -203,7 +314,11 @@ impl IgniteImpl {
                 vault,
                 configuration,
                 network,
+                metastorage,
+                cluster_configuration,
                 rest,
+                join_tasks: TaskTracker::new(),
+                join_cancel: CancellationToken::new(),
             }),
         };
         ignite.inner.rest.attach(ignite.clone());
@@ -244,6 +359,41 @@ impl IgniteImpl {
         &self.inner.network
     }
 
+    /// The MetaStorage: the replicated, revisioned store every node holds a copy of.
+    pub fn metastorage(&self) -> &Arc<MetaStorageManager> {
+        &self.inner.metastorage
+    }
+
+    /// The cluster-wide configuration (`[cluster]`), usable once the node joined a cluster.
+    pub fn cluster_configuration(&self) -> &Arc<ConfigurationManager> {
+        &self.inner.cluster_configuration
+    }
+
+    /// Initialize the cluster from this node (any node of the physical topology). Same
+    /// parameters again succeed; different ones are refused with the reason.
+    pub async fn init_cluster(&self, request: InitRequest) -> Result<ClusterState> {
+        Ok(self.inner.metastorage.init_cluster(request).await?)
+    }
+
+    /// The cluster state, `None` before init.
+    pub async fn cluster_state(&self) -> Result<Option<ClusterState>> {
+        Ok(self.inner.metastorage.cluster_state().await?)
+    }
+
+    /// Wait until the node state satisfies `pred`, up to `timeout`.
+    pub async fn wait_for_state(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(NodeState) -> bool,
+    ) -> Option<NodeState> {
+        let mut rx = self.subscribe_state();
+        let r = tokio::time::timeout(timeout, rx.wait_for(|s| pred(*s))).await;
+        match r {
+            Ok(Ok(s)) => Some(*s),
+            _ => None,
+        }
+    }
+
     /// The vault.
     pub fn vault(&self) -> &Arc<VaultManager> {
         &self.inner.vault
@@ -282,11 +432,19 @@ impl IgniteImpl {
 
     /// Stop every component in reverse order. Idempotent.
     pub async fn stop(&self) -> StopReport {
-        self.inner.lifecycle.stop().await
+        self.inner.join_cancel.cancel();
+        let report = self.inner.lifecycle.stop().await;
+        self.inner.join_tasks.close();
+        self.inner.join_tasks.wait().await;
+        report
     }
 
     /// Serve until `shutdown` completes or a component reports a runtime fault, then stop.
     pub async fn run_until(&self, shutdown: impl std::future::Future<Output = ()>) -> RunOutcome {
-        self.inner.lifecycle.run(shutdown).await
+        let outcome = self.inner.lifecycle.run(shutdown).await;
+        self.inner.join_cancel.cancel();
+        self.inner.join_tasks.close();
+        self.inner.join_tasks.wait().await;
+        outcome
     }
 }

@@ -14,7 +14,8 @@ mod rest;
 pub mod telemetry;
 
 pub use crate::{
-    config::{NodeConfiguration, RestConfiguration},
+    config::{ClusterConfiguration, NodeConfiguration, RestConfiguration},
     error::{Error, Result},
     ignite::{IgniteImpl, NodeInfo, NodeOptions},
 };
+pub use metastorage::{ClusterState, InitRequest};

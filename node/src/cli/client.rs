@@ -95,11 +95,11 @@ impl Client {
         Ok(0)
     }
 
-    pub(crate) async fn topology_physical(&self) -> anyhow::Result<i32> {
+    pub(crate) async fn topology(&self, kind: &str) -> anyhow::Result<i32> {
         let v = self
             .call(
                 Method::GET,
-                "/management/v1/cluster/topology/physical",
+                &format!("/management/v1/cluster/topology/{kind}"),
                 None,
             )
             .await?;
@@ -108,14 +108,14 @@ impl Client {
                 "NAME".to_owned(),
                 "ADDRESS".to_owned(),
                 "REST".to_owned(),
-                "ID".to_owned(),
+                "ROLE".to_owned(),
             ]];
             for m in v.as_array().into_iter().flatten() {
                 rows.push([
                     str_of(&m["name"]),
                     str_of(&m["address"]),
                     str_of(&m["metadata"]["rest"]),
-                    str_of(&m["id"]),
+                    str_of(&m["role"]),
                 ]);
             }
             table(&rows)
@@ -123,20 +123,89 @@ impl Client {
         Ok(0)
     }
 
-    pub(crate) async fn config_show(&self, path: Option<&str>) -> anyhow::Result<i32> {
+    pub(crate) async fn cluster_init(
+        &self,
+        name: &str,
+        metastorage: &[String],
+    ) -> anyhow::Result<i32> {
+        let progress = spinner(self.output, "initializing the cluster");
+        let body = serde_json::json!({ "name": name, "metastorage": metastorage });
+        let state = self
+            .call(Method::POST, "/management/v1/cluster/init", Some(&body))
+            .await;
+        let state = match state {
+            Ok(v) => v,
+            Err(e) => {
+                progress.finish_and_clear();
+                return Err(e);
+            }
+        };
+        progress.set_message("waiting for this node to join");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let node = self
+                .call(Method::GET, "/management/v1/node/state", None)
+                .await?;
+            if node["state"] == "STARTED" {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                progress.finish_and_clear();
+                bail!(
+                    "cluster initialized but node is still {} after 60 s",
+                    str_of(&node["state"])
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        progress.finish_and_clear();
+        self.print(&state, |v| {
+            format!(
+                "cluster {} initialized (id {}, metastorage voters: {})",
+                str_of(&v["name"]),
+                str_of(&v["id"]),
+                v["metastorage_voters"]
+                    .as_array()
+                    .map(|a| a.iter().map(str_of).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            )
+        });
+        Ok(0)
+    }
+
+    pub(crate) async fn cluster_status(&self) -> anyhow::Result<i32> {
+        let v = self
+            .call(Method::GET, "/management/v1/cluster/state", None)
+            .await?;
+        self.print(&v, |v| match v.as_object() {
+            Some(map) => map
+                .iter()
+                .map(|(k, v)| format!("{k:<20} {}", human(v)))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            None => v.to_string(),
+        });
+        Ok(0)
+    }
+
+    pub(crate) async fn config_show(
+        &self,
+        scope: ConfigScope,
+        path: Option<&str>,
+    ) -> anyhow::Result<i32> {
         let suffix = path.map(|p| format!("/{p}")).unwrap_or_default();
         let v = self
-            .call(
-                Method::GET,
-                &format!("/management/v1/configuration/node{suffix}"),
-                None,
-            )
+            .call(Method::GET, &format!("{}{suffix}", scope.base()), None)
             .await?;
         self.print(&v, pretty);
         Ok(0)
     }
 
-    pub(crate) async fn config_update(&self, assignment: &str) -> anyhow::Result<i32> {
+    pub(crate) async fn config_update(
+        &self,
+        scope: ConfigScope,
+        assignment: &str,
+    ) -> anyhow::Result<i32> {
         let (path, raw) = assignment.split_once('=').with_context(|| {
             format!("{assignment}: expected PATH=VALUE, e.g. node.stop_timeout_ms=5000")
         })?;
@@ -150,12 +219,48 @@ impl Client {
         let v = self
             .call(
                 Method::PATCH,
-                &format!("/management/v1/configuration/node/{path}"),
+                &format!("{}/{path}", scope.base()),
                 Some(&value),
             )
             .await?;
         self.print(&v, |v| format!("{path} = {}", pretty(v)));
         Ok(0)
+    }
+}
+
+/// Which configuration a `config` command addresses.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ConfigScope {
+    /// This node's local configuration.
+    Node,
+    /// The cluster-wide configuration in MetaStorage.
+    Cluster,
+}
+
+impl ConfigScope {
+    fn base(self) -> &'static str {
+        match self {
+            ConfigScope::Node => "/management/v1/configuration/node",
+            ConfigScope::Cluster => "/management/v1/configuration/cluster",
+        }
+    }
+}
+
+/// A spinner on stderr for people; nothing for `--output json`.
+fn spinner(output: Output, message: &'static str) -> indicatif::ProgressBar {
+    if output == Output::Json {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message(message);
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+fn human(v: &Value) -> String {
+    match v {
+        Value::Array(items) => items.iter().map(str_of).collect::<Vec<_>>().join(", "),
+        other => str_of(other),
     }
 }
 

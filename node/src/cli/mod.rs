@@ -58,6 +58,24 @@ pub(crate) enum Output {
 
 #[derive(Debug, Subcommand)]
 enum ClusterCommand {
+    /// Initialize the cluster: form the MetaStorage group and move every node of the
+    /// physical topology from ZOMBIE to STARTED.
+    Init {
+        /// The cluster's name.
+        #[arg(long)]
+        name: String,
+        /// MetaStorage voters (node names, comma separated); default: up to 3 nodes,
+        /// alphabetically.
+        #[arg(long, value_delimiter = ',')]
+        metastorage: Vec<String>,
+    },
+    /// The cluster's id, name, MetaStorage voters and leader, as this node sees them.
+    Status,
+    /// Cluster-wide configuration (`[cluster]`), the same on every node.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Cluster topologies.
     Topology {
         #[command(subcommand)]
@@ -69,6 +87,8 @@ enum ClusterCommand {
 enum TopologyCommand {
     /// Every node this node sees on the network, initialized or not.
     Physical,
+    /// The nodes that joined the cluster (MetaStorage voters and learners).
+    Logical,
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,12 +100,12 @@ enum NodeCommand {
     /// Node-local configuration.
     Config {
         #[command(subcommand)]
-        command: NodeConfigCommand,
+        command: ConfigCommand,
     },
 }
 
 #[derive(Debug, Subcommand)]
-enum NodeConfigCommand {
+enum ConfigCommand {
     /// Show the whole configuration or the value at PATH (e.g. `rest.listen`).
     Show {
         /// Dotted path of a root or key.
@@ -93,7 +113,7 @@ enum NodeConfigCommand {
     },
     /// Change one value durably: PATH=VALUE, VALUE as JSON or a bare string.
     Update {
-        /// `path=value`, e.g. `node.stop_timeout_ms=5000`.
+        /// `path=value`, e.g. `node.stop_timeout_ms=5000` or `cluster.default_replicas=3`.
         assignment: String,
     },
 }
@@ -117,9 +137,28 @@ impl Cli {
                 Command::Cluster { client, command } => {
                     let c = client::Client::new(&client)?;
                     match command {
+                        ClusterCommand::Init { name, metastorage } => {
+                            c.cluster_init(&name, &metastorage).await
+                        }
+                        ClusterCommand::Status => c.cluster_status().await,
+                        ClusterCommand::Config {
+                            command: ConfigCommand::Show { path },
+                        } => {
+                            c.config_show(client::ConfigScope::Cluster, path.as_deref())
+                                .await
+                        }
+                        ClusterCommand::Config {
+                            command: ConfigCommand::Update { assignment },
+                        } => {
+                            c.config_update(client::ConfigScope::Cluster, &assignment)
+                                .await
+                        }
                         ClusterCommand::Topology {
                             command: TopologyCommand::Physical,
-                        } => c.topology_physical().await,
+                        } => c.topology("physical").await,
+                        ClusterCommand::Topology {
+                            command: TopologyCommand::Logical,
+                        } => c.topology("logical").await,
                     }
                 }
                 Command::Node { client, command } => {
@@ -128,11 +167,17 @@ impl Cli {
                         NodeCommand::State => c.node_state().await,
                         NodeCommand::Info => c.node_info().await,
                         NodeCommand::Config {
-                            command: NodeConfigCommand::Show { path },
-                        } => c.config_show(path.as_deref()).await,
+                            command: ConfigCommand::Show { path },
+                        } => {
+                            c.config_show(client::ConfigScope::Node, path.as_deref())
+                                .await
+                        }
                         NodeCommand::Config {
-                            command: NodeConfigCommand::Update { assignment },
-                        } => c.config_update(&assignment).await,
+                            command: ConfigCommand::Update { assignment },
+                        } => {
+                            c.config_update(client::ConfigScope::Node, &assignment)
+                                .await
+                        }
                     }
                 }
             }

@@ -18,6 +18,23 @@ pub(super) fn router(ignite: IgniteImpl) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/management/v1/node/state", get(node_state))
+        .route(
+            "/management/v1/cluster/topology/logical",
+            get(topology_logical),
+        )
+        .route(
+            "/management/v1/cluster/init",
+            axum::routing::post(cluster_init),
+        )
+        .route("/management/v1/cluster/state", get(cluster_state))
+        .route(
+            "/management/v1/configuration/cluster",
+            get(cluster_config_get_all).patch(cluster_config_patch_all),
+        )
+        .route(
+            "/management/v1/configuration/cluster/{*path}",
+            get(cluster_config_get).patch(cluster_config_patch),
+        )
         .route("/management/v1/node/info", get(node_info))
         .route(
             "/management/v1/cluster/topology/physical",
@@ -92,6 +109,168 @@ async fn topology_physical(State(ignite): State<IgniteImpl>) -> ApiResult {
         })
         .collect();
     Ok(Json(members).into_response())
+}
+
+/// The sentence every cluster-level endpoint answers before init.
+const NOT_INITIALIZED: &str = "cluster is not initialized: run `ignite cluster init`";
+
+/// Cluster-level endpoints need a node that joined an initialized cluster: 409 before init,
+/// 503 while it is still recovering.
+async fn joined(ignite: &IgniteImpl) -> ApiResult<()> {
+    match ignite.state() {
+        NodeState::Started => Ok(()),
+        NodeState::Zombie => Err(Problem::new(StatusCode::CONFLICT, NOT_INITIALIZED)),
+        other => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("node is {other}: retry when it is STARTED"),
+        )),
+    }
+}
+
+fn metastorage_problem(err: &crate::Error) -> Problem {
+    use metastorage::Error as M;
+    let status = match err {
+        crate::Error::MetaStorage(M::AlreadyInitialized(_)) => StatusCode::CONFLICT,
+        crate::Error::MetaStorage(M::InvalidInit(_)) => StatusCode::BAD_REQUEST,
+        crate::Error::MetaStorage(M::NotInitialized) => StatusCode::CONFLICT,
+        crate::Error::MetaStorage(M::Stopping(_)) => StatusCode::SERVICE_UNAVAILABLE,
+        crate::Error::MetaStorage(M::Timeout { .. } | M::InitIncomplete(_)) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    Problem::new(status, err.to_string())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InitBody {
+    #[serde(alias = "clusterName")]
+    name: String,
+    #[serde(default, alias = "metaStorageNodes")]
+    metastorage: Vec<String>,
+}
+
+async fn cluster_init(State(ignite): State<IgniteImpl>, body: Bytes) -> ApiResult {
+    let _t = guard(&ignite)?;
+    let body: InitBody = serde_json::from_slice(&body).map_err(|e| {
+        Problem::new(StatusCode::BAD_REQUEST, format!("request body: {e} (expected {{\"name\": \"..\", \"metastorage\": [\"node\", ..]}})"))
+    })?;
+    let state = ignite
+        .init_cluster(crate::InitRequest {
+            name: body.name,
+            metastorage: body.metastorage,
+        })
+        .await
+        .map_err(|e| metastorage_problem(&e))?;
+    Ok(Json(state).into_response())
+}
+
+async fn cluster_state(State(ignite): State<IgniteImpl>) -> ApiResult {
+    let _t = guard(&ignite)?;
+    joined(&ignite).await?;
+    let state = ignite
+        .cluster_state()
+        .await
+        .map_err(|e| metastorage_problem(&e))?;
+    let Some(state) = state else {
+        return Err(Problem::new(StatusCode::CONFLICT, NOT_INITIALIZED));
+    };
+    let ms = ignite.metastorage();
+    let group = ms.group().map(|g| g.metrics());
+    Ok(Json(json!({
+        "id": state.id,
+        "name": state.name,
+        "metastorage_voters": state.metastorage_voters,
+        "metastorage_leader": group.as_ref().and_then(|m| m.leader.clone()),
+        "revision": ms.revision(),
+        "node": ignite.name(),
+        "node_state": ignite.state(),
+    }))
+    .into_response())
+}
+
+/// The logical topology: physical members that belong to the MetaStorage group (voters and
+/// the learners the leader added), i.e. the nodes that joined this cluster.
+async fn topology_logical(State(ignite): State<IgniteImpl>) -> ApiResult {
+    let _t = guard(&ignite)?;
+    joined(&ignite).await?;
+    let Some(group) = ignite.metastorage().group() else {
+        return Err(Problem::new(StatusCode::CONFLICT, NOT_INITIALIZED));
+    };
+    let m = group.metrics();
+    let members: Vec<_> = ignite
+        .topology()
+        .members()
+        .into_iter()
+        .filter(|n| m.voters.contains(&n.name) || m.learners.contains(&n.name))
+        .map(|n| {
+            json!({
+                "name": n.name,
+                "id": n.id,
+                "address": n.address,
+                "role": if m.voters.contains(&n.name) { "voter" } else { "learner" },
+                "metadata": n.metadata,
+            })
+        })
+        .collect();
+    Ok(Json(members).into_response())
+}
+
+async fn cluster_config_get_all(State(ignite): State<IgniteImpl>) -> ApiResult {
+    let _t = guard(&ignite)?;
+    joined(&ignite).await?;
+    let value = ignite
+        .cluster_configuration()
+        .get("")
+        .map_err(|e| config_problem(&e))?;
+    Ok(Json(value).into_response())
+}
+
+async fn cluster_config_get(
+    State(ignite): State<IgniteImpl>,
+    Path(path): Path<String>,
+) -> ApiResult {
+    let _t = guard(&ignite)?;
+    joined(&ignite).await?;
+    let value = ignite
+        .cluster_configuration()
+        .get(&dotted(&path))
+        .map_err(|e| config_problem(&e))?;
+    Ok(Json(value).into_response())
+}
+
+async fn cluster_config_patch_all(State(ignite): State<IgniteImpl>, body: Bytes) -> ApiResult {
+    let _t = guard(&ignite)?;
+    joined(&ignite).await?;
+    let value = parse_body(&body)?;
+    if !value.is_object() {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "request body must be a JSON object of configuration roots",
+        ));
+    }
+    let cfg = ignite.cluster_configuration();
+    cfg.change("", value)
+        .await
+        .map_err(|e| config_problem(&e))?;
+    Ok(Json(cfg.get("").map_err(|e| config_problem(&e))?).into_response())
+}
+
+async fn cluster_config_patch(
+    State(ignite): State<IgniteImpl>,
+    Path(path): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let _t = guard(&ignite)?;
+    joined(&ignite).await?;
+    let value = parse_body(&body)?;
+    let path = dotted(&path);
+    let cfg = ignite.cluster_configuration();
+    cfg.change(&path, value)
+        .await
+        .map_err(|e| config_problem(&e))?;
+    Ok(Json(cfg.get(&path).map_err(|e| config_problem(&e))?).into_response())
 }
 
 /// `network/seeds` and `network.seeds` both name the key `network.seeds`.
