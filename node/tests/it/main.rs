@@ -1,5 +1,6 @@
 //! Integration tests of the node: in-process (`embedded`) and real `ignite` processes
 //! (`process`).
+mod cluster;
 mod embedded;
 mod process;
 mod support;

@@ -233,3 +233,102 @@ fn three_processes_see_each_other_and_a_killed_one_disappears() {
     });
     assert_eq!(a.terminate().code(), Some(0));
 }
+
+fn node_state(url: &str) -> Option<String> {
+    state_of(url).and_then(|v| v["state"].as_str().map(str::to_owned))
+}
+
+#[test]
+fn three_processes_init_through_the_cli_and_survive_a_killed_voter() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = NodeProcess::start(dirs[0].path(), &["--name", "a"]);
+    let (_, out, _) = run_cli(&["node", "info", "--url", &a.url(), "--output", "json"]);
+    let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let seed = info["network_address"].as_str().unwrap().to_owned();
+    let b = NodeProcess::start(dirs[1].path(), &["--name", "b", "--seeds", &seed]);
+    let c = NodeProcess::start(dirs[2].path(), &["--name", "c", "--seeds", &seed]);
+    let all = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
+    for node in [&a, &b, &c] {
+        wait_for("all three members", || {
+            members_of(&node.url()).filter(|m| *m == all)
+        });
+    }
+
+    let (code, _, err) = run_cli(&["cluster", "status", "--url", &a.url()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("cluster is not initialized: run `ignite cluster init`"),
+        "{err}"
+    );
+
+    let (code, out, err) = run_cli(&["cluster", "init", "--name", "procs", "--url", &b.url()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cluster procs initialized"), "{out}");
+    let mut ids = Vec::new();
+    for node in [&a, &b, &c] {
+        wait_for("STARTED", || {
+            node_state(&node.url()).filter(|s| s == "STARTED")
+        });
+        let (code, out, err) = run_cli(&[
+            "cluster",
+            "status",
+            "--url",
+            &node.url(),
+            "--output",
+            "json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(status["name"], "procs");
+        assert_eq!(
+            status["metastorage_voters"],
+            serde_json::json!(["a", "b", "c"])
+        );
+        ids.push(status["id"].clone());
+    }
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "one cluster id: {ids:?}"
+    );
+
+    // kill -9 a voter: the other two keep accepting configuration changes
+    let c_dir = dirs[2].path().to_path_buf();
+    crate::support::send_signal(c.pid(), 9);
+    drop(c);
+    let (code, out, err) = run_cli(&[
+        "cluster",
+        "config",
+        "update",
+        "cluster.default_partitions=11",
+        "--url",
+        &a.url(),
+    ]);
+    assert_eq!(code, 0, "2 of 3 voters accept a change: {err}");
+    assert!(out.contains("11"));
+
+    // the killed voter restarts alone (no init) and catches up
+    let c = NodeProcess::start(&c_dir, &["--name", "c", "--seeds", &seed]);
+    wait_for("restarted c STARTED", || {
+        node_state(&c.url()).filter(|s| s == "STARTED")
+    });
+    let (code, out, err) = run_cli(&[
+        "cluster",
+        "config",
+        "show",
+        "cluster.default_partitions",
+        "--url",
+        &c.url(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        "11",
+        "the restarted node sees the change made while it was down"
+    );
+
+    for node in [c, b, a] {
+        assert_eq!(node.terminate().code(), Some(0));
+    }
+}
