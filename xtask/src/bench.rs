@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: process-level benchmarks of the release `ignite` binary (start, stop,
-//! idle memory of a standalone node) and the network throughput bench.
+//! idle memory of a standalone node), and the crates' own benches (`network`, `metastorage`)
+//! run through `cargo bench`.
 use std::{
     fmt::Write as _,
     fs,
@@ -150,16 +151,18 @@ pub(crate) fn startup(binary: &Path, runs: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo xtask bench network`: the network crate's throughput bench, output passed through.
-pub(crate) fn network(root: &Path) -> anyhow::Result<()> {
-    println!("bench network: cargo bench -p network --bench throughput");
+/// `cargo bench -p <package> --bench <bench>`, output passed through: `cargo xtask bench
+/// network` (the network throughput bench) and `metastorage` (its load generator).
+pub(crate) fn cargo_bench(root: &Path, package: &str, bench: &str) -> anyhow::Result<()> {
+    let command = format!("cargo bench -p {package} --bench {bench}");
+    println!("bench {package}: {command}");
     let status = crate::cargo()
-        .args(["bench", "-p", "network", "--bench", "throughput"])
+        .args(["bench", "-p", package, "--bench", bench])
         .current_dir(root)
         .status()
-        .context("failed to run cargo bench")?;
+        .with_context(|| format!("failed to run {command}"))?;
     if !status.success() {
-        bail!("cargo bench -p network --bench throughput exited with {status}");
+        bail!("{command} exited with {status}");
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! A minimal blocking HTTP/1.1 `GET` over `std::net`, enough to poll a node's REST endpoints
-//! every millisecond without pulling an HTTP client and a runtime into the benchmark loop.
+//! A minimal blocking HTTP/1.1 client over `std::net` (`GET`, and `POST` of a JSON body),
+//! enough to poll a node's REST endpoints every millisecond and to initialize a cluster
+//! without pulling an HTTP client and a runtime into the benchmark loop.
 use std::{
     io::{self, Read, Write},
     net::{SocketAddr, TcpStream},
@@ -16,14 +17,49 @@ pub(crate) struct Response {
 /// `GET http://{addr}{path}` with one connection per request; every I/O step bounded by
 /// `timeout`.
 pub(crate) fn get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<Response> {
+    request(addr, "GET", path, None, timeout)
+}
+
+/// `POST http://{addr}{path}` with a JSON `body`; one connection, every I/O step bounded by
+/// `timeout`.
+pub(crate) fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+    timeout: Duration,
+) -> io::Result<Response> {
+    let body = serde_json::to_vec(body)?;
+    request(addr, "POST", path, Some(&body), timeout)
+}
+
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> io::Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     stream.set_nodelay(true)?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes())?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n"
+    )
+    .into_bytes();
+    if let Some(body) = body {
+        request.extend_from_slice(
+            format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        request.extend_from_slice(body);
+    } else {
+        request.extend_from_slice(b"\r\n");
+    }
+    stream.write_all(&request)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     parse_response(&raw)
@@ -134,5 +170,59 @@ mod tests {
         assert_eq!(response.body, b"ok");
         let request = server.join().expect("server thread");
         assert!(request.starts_with("GET /health HTTP/1.1\r\n"), "{request}");
+    }
+
+    #[test]
+    fn post_sends_a_json_body_with_its_length() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let addr = listener.local_addr().expect("local addr");
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = Vec::new();
+            let mut buf = [0u8; 512];
+            // headers, then exactly content-length bytes of body (the client keeps its side open)
+            loop {
+                let n = stream.read(&mut buf).expect("read request");
+                assert!(n > 0, "client closed before sending the body");
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .expect("a content-length header");
+                    if body.len() >= length {
+                        break;
+                    }
+                }
+            }
+            stream
+                .write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n")
+                .expect("write response");
+            String::from_utf8(request).expect("utf8 request")
+        });
+        let body = serde_json::json!({ "name": "local" });
+        let response = post_json(
+            addr,
+            "/management/v1/cluster/init",
+            &body,
+            Duration::from_secs(10),
+        )
+        .expect("post");
+        assert_eq!(response.status, 201);
+        let request = server.join().expect("server thread");
+        assert!(
+            request.starts_with("POST /management/v1/cluster/init HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("Content-Type: application/json\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.ends_with("\r\n\r\n{\"name\":\"local\"}"),
+            "{request}"
+        );
     }
 }

@@ -40,12 +40,13 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         binary: Option<PathBuf>,
     },
-    /// Starts a local cluster of `ignite` processes on loopback until Ctrl-C.
+    /// Starts and initializes a local cluster of `ignite` processes on loopback until Ctrl-C
+    /// (configs, data and logs in `target/cluster/<node>/`).
     Cluster {
         /// Number of nodes.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
         nodes: u32,
-        /// Keep the data directories after the cluster stops.
+        /// Restart the nodes kept in `target/cluster/` instead of wiping it first.
         #[arg(long)]
         keep: bool,
         /// Use this `ignite` binary instead of building it in release mode.
@@ -60,6 +61,8 @@ enum BenchName {
     Startup,
     /// `cargo bench -p network --bench throughput`.
     Network,
+    /// `cargo bench -p metastorage --bench load`: puts, gets, watches, failover, restart.
+    Metastorage,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,7 +74,11 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { name, runs, binary } => {
             let names = match name {
                 Some(name) => vec![name],
-                None => vec![BenchName::Startup, BenchName::Network],
+                None => vec![
+                    BenchName::Startup,
+                    BenchName::Network,
+                    BenchName::Metastorage,
+                ],
             };
             for name in names {
                 match name {
@@ -79,7 +86,8 @@ fn main() -> anyhow::Result<()> {
                         let binary = process::ignite_binary(&root, binary.as_deref())?;
                         bench::startup(&binary, runs)?;
                     }
-                    BenchName::Network => bench::network(&root)?,
+                    BenchName::Network => bench::cargo_bench(&root, "network", "throughput")?,
+                    BenchName::Metastorage => bench::cargo_bench(&root, "metastorage", "load")?,
                 }
             }
             Ok(())
@@ -90,7 +98,7 @@ fn main() -> anyhow::Result<()> {
             binary,
         } => {
             let binary = process::ignite_binary(&root, binary.as_deref())?;
-            cluster::run(&binary, nodes, keep)
+            cluster::run(&root, &binary, nodes, keep)
         }
     }
 }
