@@ -400,24 +400,10 @@ impl RaftGroup {
                 .await?;
                 match reply {
                     RaftReply::Write(Ok(r)) => Ok(r),
-                    RaftReply::Write(Err(Rejection::NotLeader { leader })) => {
-                        Err(Error::NotLeader {
-                            group: self.inner.id.clone(),
-                            leader,
-                        })
+                    RaftReply::Write(Err(rejection)) => Err(self.rejected(&leader, rejection)),
+                    RaftReply::NoGroup => {
+                        Err(self.rejected(&leader, Rejection::NotLeader { leader: None }))
                     }
-                    RaftReply::Write(Err(Rejection::Stopping(reason))) => Err(Error::Unreachable {
-                        node: leader.clone(),
-                        reason,
-                    }),
-                    RaftReply::Write(Err(Rejection::Failed(reason))) => Err(Error::Rejected {
-                        group: self.inner.id.clone(),
-                        reason,
-                    }),
-                    RaftReply::NoGroup => Err(Error::NotLeader {
-                        group: self.inner.id.clone(),
-                        leader: None,
-                    }),
                     _ => Err(Error::codec("write reply", "unexpected reply kind")),
                 }
             };
@@ -426,6 +412,24 @@ impl RaftGroup {
                 Err(Error::NotLeader { .. }) => self.wait_for_change(deadline, backoff).await?,
                 other => return other,
             }
+        }
+    }
+
+    /// The error for a request the leader `leader` refused.
+    fn rejected(&self, leader: &str, rejection: Rejection) -> Error {
+        match rejection {
+            Rejection::NotLeader { leader } => Error::NotLeader {
+                group: self.inner.id.clone(),
+                leader,
+            },
+            Rejection::Stopping(reason) => Error::Unreachable {
+                node: leader.to_owned(),
+                reason,
+            },
+            Rejection::Failed(reason) => Error::Rejected {
+                group: self.inner.id.clone(),
+                reason,
+            },
         }
     }
 
@@ -470,26 +474,10 @@ impl RaftGroup {
                 .await?
                 {
                     RaftReply::ReadIndex(Ok(i)) => Ok(i),
-                    RaftReply::ReadIndex(Err(Rejection::NotLeader { leader })) => {
-                        Err(Error::NotLeader {
-                            group: self.inner.id.clone(),
-                            leader,
-                        })
+                    RaftReply::ReadIndex(Err(rejection)) => Err(self.rejected(&leader, rejection)),
+                    RaftReply::NoGroup => {
+                        Err(self.rejected(&leader, Rejection::NotLeader { leader: None }))
                     }
-                    RaftReply::ReadIndex(Err(Rejection::Stopping(reason))) => {
-                        Err(Error::Unreachable {
-                            node: leader.clone(),
-                            reason,
-                        })
-                    }
-                    RaftReply::ReadIndex(Err(Rejection::Failed(reason))) => Err(Error::Rejected {
-                        group: self.inner.id.clone(),
-                        reason,
-                    }),
-                    RaftReply::NoGroup => Err(Error::NotLeader {
-                        group: self.inner.id.clone(),
-                        leader: None,
-                    }),
                     _ => Err(Error::codec("read index reply", "unexpected reply kind")),
                 }
             };

@@ -17,30 +17,22 @@ impl Rest {
     }
 
     async fn get(&self, path: &str) -> (u16, String, String) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
+        self.send(self.http.get(format!("{}{path}", self.base)))
             .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let ct = r
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        (status, ct, r.text().await.unwrap())
     }
 
     async fn patch(&self, path: &str, body: &str) -> (u16, String, String) {
-        let r = self
-            .http
-            .patch(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(body.to_owned())
-            .send()
-            .await
-            .unwrap();
+        let req = self.http.patch(format!("{}{path}", self.base));
+        self.send(
+            req.header("content-type", "application/json")
+                .body(body.to_owned()),
+        )
+        .await
+    }
+
+    /// (status, content type, body)
+    async fn send(&self, req: reqwest::RequestBuilder) -> (u16, String, String) {
+        let r = req.send().await.unwrap();
         let status = r.status().as_u16();
         let ct = r
             .headers()
