@@ -141,9 +141,31 @@ impl Error {
     /// True for errors where a retry may succeed (stopping, a lost race, MetaStorage
     /// unavailable), as opposed to a request that is wrong.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::Stopping(_) | Error::Conflict { .. } | Error::NotStarted | Error::MetaStorage(_)
-        )
+        match self {
+            Error::Stopping(_) | Error::Conflict { .. } | Error::NotStarted => true,
+            Error::MetaStorage(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_errors_are_told_apart_from_wrong_requests() {
+        let conflict = Error::Conflict {
+            table: "t".into(),
+            expected: 1,
+            found: 2,
+        };
+        assert!(conflict.is_retryable());
+        assert!(Error::Stopping(lifecycle::Stopping::NodeStopping).is_retryable());
+        assert!(!Error::TableNotFound { table: "t".into() }.is_retryable());
+        assert_eq!(
+            conflict.to_string(),
+            "concurrent change of table t: expected latest version 1, found 2"
+        );
     }
 }
