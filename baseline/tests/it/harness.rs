@@ -48,7 +48,9 @@ pub(crate) struct TestNode {
 impl TestNode {
     /// Builds every component and starts the zombie part (vault, configuration, network,
     /// raft); the baseline watch is registered at construction.
-    async fn start(name: &str, seeds: Vec<String>, auto_adjust_ms: u64) -> Result<Self> {
+    /// `auto_adjust_ms: Some` bootstraps the cluster configuration from this node (one node
+    /// only: concurrent bootstraps race).
+    async fn start(name: &str, seeds: Vec<String>, auto_adjust_ms: Option<u64>) -> Result<Self> {
         let vault = Arc::new(VaultManager::in_memory());
         let roots = vec![
             RootKey::of::<NetworkConfiguration>(),
@@ -88,13 +90,19 @@ impl TestNode {
         let distributed = Arc::new(DistributedConfigurationStorage::new(Arc::clone(&ms)));
         distributed.watch_id().map_err(|e| anyhow!(e))?;
         let cluster_roots = vec![RootKey::of::<BaselineConfiguration>()];
-        let mut cluster_bootstrap = BootstrapConfig::new(&cluster_roots);
-        cluster_bootstrap.set("baseline.auto_adjust_ms", json!(auto_adjust_ms))?;
+        let cluster_bootstrap = match auto_adjust_ms {
+            Some(ms) => {
+                let mut b = BootstrapConfig::new(&cluster_roots);
+                b.set("baseline.auto_adjust_ms", json!(ms))?;
+                Some(b)
+            }
+            None => None,
+        };
         let cluster_config = Arc::new(
             ConfigurationManager::new(
                 cluster_roots,
                 vec![distributed as Arc<dyn ConfigurationStorage>],
-                Some(cluster_bootstrap),
+                cluster_bootstrap,
             )
             .with_name("cluster-configuration"),
         );
@@ -127,17 +135,11 @@ impl TestNode {
             .unwrap_or_default()
     }
 
-    /// Starts MetaStorage, the cluster configuration and the baseline, then deploys watches.
-    async fn start_upper(&self) -> Result<()> {
-        let ctx = ctx();
+    async fn start_ms(&self) -> Result<()> {
         self.ms
-            .start(&ctx)
+            .start(&ctx())
             .await
-            .map_err(|e| anyhow!("metastorage on {}: {e}", self.name))?;
-        self.cluster_config.start(&ctx).await.map_err(err)?;
-        self.baseline.start(&ctx).await.map_err(err)?;
-        self.ms.deploy_watches()?;
-        Ok(())
+            .map_err(|e| anyhow!("metastorage on {}: {e}", self.name))
     }
 
     /// Waits until this node's view of the baseline satisfies `ok`.
@@ -183,7 +185,8 @@ impl TestCluster {
         let mut nodes: Vec<TestNode> = Vec::new();
         for i in 1..=n {
             let seeds = nodes.iter().map(TestNode::address).collect();
-            nodes.push(TestNode::start(&format!("n{i}"), seeds, auto_adjust_ms).await?);
+            let bootstrap = (i == 1).then_some(auto_adjust_ms);
+            nodes.push(TestNode::start(&format!("n{i}"), seeds, bootstrap).await?);
         }
         let cluster = Self { nodes };
         cluster.wait_for_topology().await?;
@@ -194,8 +197,17 @@ impl TestCluster {
                 metastorage: vec![],
             })
             .await?;
-        for r in futures::future::join_all(cluster.nodes.iter().map(TestNode::start_upper)).await {
+        for r in futures::future::join_all(cluster.nodes.iter().map(TestNode::start_ms)).await {
             r?;
+        }
+        // the first node bootstraps the cluster configuration, the others read it
+        let ctx = ctx();
+        for node in &cluster.nodes {
+            node.cluster_config.start(&ctx).await.map_err(err)?;
+        }
+        for node in &cluster.nodes {
+            node.baseline.start(&ctx).await.map_err(err)?;
+            node.ms.deploy_watches()?;
         }
         Ok(cluster)
     }

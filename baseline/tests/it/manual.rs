@@ -10,6 +10,14 @@ async fn manual_set_is_validated_and_reaches_every_node() -> Result<()> {
     let cluster = TestCluster::start(3, 0).await?;
     cluster.wait_logical(&set(&["n1", "n2", "n3"])).await?;
     let n2 = &cluster.nodes[1].baseline;
+    for node in &cluster.nodes {
+        assert_eq!(
+            node.baseline.configuration()?.quiet_period(),
+            None,
+            "node {} reads the cluster-wide setting",
+            node.name
+        );
+    }
     assert_eq!(
         n2.current().await?,
         Baseline::default(),
