@@ -190,13 +190,7 @@ fn members_of(url: &str) -> Option<Vec<String>> {
 fn three_processes_see_each_other_and_a_killed_one_disappears() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let a = NodeProcess::start(dirs[0].path(), &["--name", "a"]);
-    let (code, out, _) = run_cli(&["node", "info", "--url", &a.url(), "--output", "json"]);
-    assert_eq!(code, 0);
-    let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    let seed = info["network_address"]
-        .as_str()
-        .expect("network address in node info")
-        .to_owned();
+    let (seed, info) = network_address(&a.url());
     assert_eq!(
         info["state"], "ZOMBIE",
         "without --standalone a node waits for init"
@@ -242,9 +236,7 @@ fn node_state(url: &str) -> Option<String> {
 fn three_processes_init_through_the_cli_and_survive_a_killed_voter() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let a = NodeProcess::start(dirs[0].path(), &["--name", "a"]);
-    let (_, out, _) = run_cli(&["node", "info", "--url", &a.url(), "--output", "json"]);
-    let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    let seed = info["network_address"].as_str().unwrap().to_owned();
+    let (seed, _) = network_address(&a.url());
     let b = NodeProcess::start(dirs[1].path(), &["--name", "b", "--seeds", &seed]);
     let c = NodeProcess::start(dirs[2].path(), &["--name", "c", "--seeds", &seed]);
     let all = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
@@ -331,4 +323,17 @@ fn three_processes_init_through_the_cli_and_survive_a_killed_voter() {
     for node in [c, b, a] {
         assert_eq!(node.terminate().code(), Some(0));
     }
+}
+
+/// The node's network address from `node info` (REST answers before the network is bound, so
+/// wait for it), and the info document.
+fn network_address(url: &str) -> (String, serde_json::Value) {
+    wait_for("network address in node info", || {
+        let (code, out, _) = run_cli(&["node", "info", "--url", url, "--output", "json"]);
+        let info: serde_json::Value = serde_json::from_str(out.trim())
+            .ok()
+            .filter(|_| code == 0)?;
+        let address = info["network_address"].as_str()?.to_owned();
+        Some((address, info))
+    })
 }
