@@ -1,0 +1,40 @@
+//! Replicated table partitions: the layer the table manager runs, one Raft group per
+//! partition.
+//!
+//! API boundary: [`PartitionStorage`] / [`PartitionStorageProvider`] (the storage swap point:
+//! [`SledPartitionProvider`] on disk, [`MemoryPartitionProvider`] for tests, [`testing`]
+//! holds the conformance suite); [`PartitionCommand`] and [`PartitionStateMachine`] (what
+//! the log carries and how it is applied); [`Partition`] (a local replica's handle) and
+//! [`PartitionService`] (serves remote requests and routes a node's requests to replicas).
+//!
+//! Invariants:
+//! - rows, the command-id window and the applied log position change in one atomic batch;
+//! - a command id is applied at most once while it is in the window, so client retries
+//!   after a timeout are safe;
+//! - reads through [`Partition`] and [`PartitionClient`] are linearizable (read index, then
+//!   a local read);
+//! - the partition layer knows keys and values only as bytes: row encoding is `schema`'s.
+mod client;
+mod command;
+mod error;
+mod partition;
+mod service;
+mod state_machine;
+mod storage;
+pub mod testing;
+
+pub use crate::{
+    client::PartitionClient,
+    command::{CommandId, PartitionCommand, PartitionOp, PartitionResponse},
+    error::{Error, Result},
+    partition::{partition_group_id, Partition},
+    service::{
+        PartitionService, ReadOp, ReadRequest, ReadResult, WriteRequest, PARTITION_MESSAGE_GROUP,
+    },
+    state_machine::{PartitionStateMachine, DEFAULT_COMMAND_WINDOW},
+    storage::{
+        Change, MemoryPartitionProvider, MemoryPartitionStorage, PartitionSnapshot,
+        PartitionStorage, PartitionStorageProvider, SledPartitionProvider, SledPartitionStorage,
+        WriteBatch,
+    },
+};

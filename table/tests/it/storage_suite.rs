@@ -1,0 +1,211 @@
+//! The storage conformance suite on both implementations, and a model test: random batches
+//! against a `BTreeMap`, with sled reopened in between.
+use std::{collections::BTreeMap, ops::Bound, sync::Arc};
+
+use proptest::prelude::*;
+use raft::LogPosition;
+use table::{
+    testing, MemoryPartitionProvider, MemoryPartitionStorage, PartitionStorage,
+    PartitionStorageProvider, SledPartitionProvider, WriteBatch,
+};
+
+fn sled_provider() -> (Arc<SledPartitionProvider>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let provider = Arc::new(SledPartitionProvider::in_data_dir(dir.path()));
+    provider.open().expect("open sled");
+    (provider, dir)
+}
+
+#[test]
+fn memory_storage_passes_the_suite() {
+    testing::run_all(|| (Arc::new(MemoryPartitionStorage::new()) as _, Box::new(())));
+    testing::run_provider_suite(|| (Arc::new(MemoryPartitionProvider::new()) as _, Box::new(())));
+}
+
+#[test]
+fn sled_storage_passes_the_suite() {
+    testing::run_all(|| {
+        let (provider, dir) = sled_provider();
+        let storage = provider.partition("t", 0).expect("partition");
+        (storage, Box::new((provider, dir)))
+    });
+    testing::run_provider_suite(|| {
+        let (provider, dir) = sled_provider();
+        (provider as _, Box::new(dir))
+    });
+}
+
+#[test]
+fn sled_partitions_live_in_one_database_under_partitions() {
+    let (provider, dir) = sled_provider();
+    assert_eq!(provider.path(), dir.path().join("partitions"));
+    assert!(
+        dir.path().join("partitions").is_dir(),
+        "database directory created"
+    );
+    let storage = provider.partition("users", 2).expect("partition");
+    let mut batch = WriteBatch::new();
+    batch.upsert(b"k".to_vec(), b"v".to_vec());
+    storage.apply(batch).expect("apply");
+    assert_eq!(
+        provider.partitions().expect("partitions"),
+        vec![("users".to_owned(), 2)]
+    );
+    provider.close().expect("close");
+    assert!(
+        provider.partition("users", 2).is_err(),
+        "closed provider refuses"
+    );
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Upsert(u8, u8),
+    Delete(u8),
+    Meta(u8, Option<u8>),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    // a small key space, so deletes and overwrites hit existing keys
+    prop_oneof![
+        4 => (0u8..24, any::<u8>()).prop_map(|(k, v)| Op::Upsert(k, v)),
+        2 => (0u8..24).prop_map(Op::Delete),
+        1 => (0u8..4, proptest::option::of(any::<u8>())).prop_map(|(k, v)| Op::Meta(k, v)),
+    ]
+}
+
+fn key(k: u8) -> Vec<u8> {
+    // keys of different lengths around the prefix bytes an implementation may use
+    match k % 3 {
+        0 => vec![k],
+        1 => vec![b'r', k],
+        _ => vec![0xff, k, 0],
+    }
+}
+
+#[derive(Default)]
+struct Model {
+    rows: BTreeMap<Vec<u8>, Vec<u8>>,
+    meta: BTreeMap<Vec<u8>, Vec<u8>>,
+    applied: Option<LogPosition>,
+}
+
+fn check(storage: &dyn PartitionStorage, model: &Model) -> Result<(), TestCaseError> {
+    let all = storage.scan(Bound::Unbounded, usize::MAX).expect("scan");
+    let want: Vec<(Vec<u8>, Vec<u8>)> = model
+        .rows
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    prop_assert_eq!(&all, &want);
+    prop_assert_eq!(storage.len().expect("len"), want.len() as u64);
+    prop_assert_eq!(storage.last_applied().expect("applied"), model.applied);
+    for k in 0u8..24 {
+        prop_assert_eq!(
+            storage.get(&key(k)).expect("get"),
+            model.rows.get(&key(k)).cloned()
+        );
+    }
+    for k in 0u8..4 {
+        prop_assert_eq!(
+            storage.meta(&[k]).expect("meta"),
+            model.meta.get(&vec![k]).cloned()
+        );
+    }
+    // a scan from every key with a small limit matches the model's range
+    for k in 0u8..24 {
+        let from = key(k);
+        let got = storage.scan(Bound::Excluded(&from), 3).expect("scan");
+        let want: Vec<(Vec<u8>, Vec<u8>)> = model
+            .rows
+            .range::<Vec<u8>, _>((Bound::Excluded(&from), Bound::Unbounded))
+            .take(3)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        prop_assert_eq!(got, want);
+    }
+    Ok(())
+}
+
+fn run_model(
+    batches: Vec<Vec<Op>>,
+    mut storage: Arc<dyn PartitionStorage>,
+    mut reopen: impl FnMut() -> Arc<dyn PartitionStorage>,
+) -> Result<(), TestCaseError> {
+    let mut model = Model::default();
+    for (i, ops) in batches.into_iter().enumerate() {
+        let mut batch = WriteBatch::new();
+        for op in ops {
+            match op {
+                Op::Upsert(k, v) => {
+                    batch.upsert(key(k), vec![v]);
+                    model.rows.insert(key(k), vec![v]);
+                }
+                Op::Delete(k) => {
+                    batch.delete(key(k));
+                    model.rows.remove(&key(k));
+                }
+                Op::Meta(k, Some(v)) => {
+                    batch.put_meta(vec![k], vec![v]);
+                    model.meta.insert(vec![k], vec![v]);
+                }
+                Op::Meta(k, None) => {
+                    batch.delete_meta(vec![k]);
+                    model.meta.remove(&vec![k]);
+                }
+            }
+        }
+        if i % 2 == 0 {
+            let position = LogPosition {
+                index: i as u64 + 1,
+                term: 1,
+            };
+            batch.applied_at(position);
+            model.applied = Some(position);
+        }
+        storage.apply(batch).expect("apply");
+        check(storage.as_ref(), &model)?;
+        if i % 4 == 3 {
+            drop(storage);
+            storage = reopen();
+            check(storage.as_ref(), &model)?;
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn memory_storage_follows_the_model(
+        batches in proptest::collection::vec(proptest::collection::vec(op(), 0..12), 1..12)
+    ) {
+        let storage: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
+        let same = Arc::clone(&storage);
+        run_model(batches, storage, move || Arc::clone(&same))?;
+    }
+
+    #[test]
+    fn sled_storage_follows_the_model_across_reopens(
+        batches in proptest::collection::vec(proptest::collection::vec(op(), 0..12), 1..12)
+    ) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().to_path_buf();
+        let provider = SledPartitionProvider::in_data_dir(&path);
+        provider.open().expect("open");
+        let storage = provider.partition("t", 1).expect("partition");
+        let mut current = Some(provider);
+        run_model(batches, storage, move || {
+            // close the database (the caller dropped its handle) and open it again
+            if let Some(old) = current.take() {
+                old.close().expect("close");
+            }
+            let provider = SledPartitionProvider::in_data_dir(&path);
+            provider.open().expect("reopen");
+            let storage = provider.partition("t", 1).expect("partition");
+            current = Some(provider);
+            storage
+        })?;
+    }
+}
