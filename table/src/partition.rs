@@ -162,7 +162,7 @@ impl Partition {
         )
     }
 
-    fn timeout_error(&self, what: &'static str, last: &Error) -> Error {
+    fn timeout_error(&self, what: &'static str, last: impl std::fmt::Display) -> Error {
         Error::Timeout {
             table_id: self.inner.table_id.clone(),
             partition: self.inner.partition,
@@ -186,8 +186,16 @@ impl Partition {
         let bytes = command.encode()?;
         let mut backoff = BACKOFF_MIN;
         loop {
-            let error = match self.inner.group.write(bytes.clone()).await {
-                Ok(reply) => {
+            // the deadline bounds raft's own write timeout too; an abandoned write may still
+            // apply, which a retry with the same command id absorbs
+            let write = tokio::time::timeout_at(deadline, self.inner.group.write(bytes.clone()));
+            let error = match write.await {
+                Err(_elapsed) => {
+                    return Err(
+                        self.timeout_error("write", "no answer from raft before the deadline")
+                    )
+                }
+                Ok(Ok(reply)) => {
                     return match PartitionResponse::decode(&reply)? {
                         PartitionResponse::Invalid { reason } => Err(Error::InvalidCommand {
                             table_id: self.inner.table_id.clone(),
@@ -197,13 +205,13 @@ impl Partition {
                         response => Ok(response),
                     }
                 }
-                Err(e) => Error::from(e),
+                Ok(Err(e)) => Error::from(e),
             };
             if !retry_locally(&error) {
                 return Err(error);
             }
             if Instant::now() >= deadline {
-                return Err(self.timeout_error("write", &error));
+                return Err(self.timeout_error("write", error));
             }
             tracing::debug!(
                 table_id = %self.inner.table_id,
@@ -219,15 +227,19 @@ impl Partition {
     async fn read_barrier(&self, deadline: Instant) -> Result<()> {
         let mut backoff = BACKOFF_MIN;
         loop {
-            let error = match self.inner.group.linearizable_read().await {
-                Ok(()) => return Ok(()),
-                Err(e) => Error::from(e),
+            let barrier = tokio::time::timeout_at(deadline, self.inner.group.linearizable_read());
+            let error = match barrier.await {
+                Err(_elapsed) => {
+                    return Err(self.timeout_error("read", "no read index before the deadline"))
+                }
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => Error::from(e),
             };
             if !retry_locally(&error) {
                 return Err(error);
             }
             if Instant::now() >= deadline {
-                return Err(self.timeout_error("read", &error));
+                return Err(self.timeout_error("read", error));
             }
             back_off(&mut backoff, deadline).await;
         }

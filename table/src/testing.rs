@@ -1,7 +1,9 @@
 //! The conformance suite of the storage swap point: every [`PartitionStorage`] and
 //! [`PartitionStorageProvider`] implementation must pass it.
 //!
-//! ```ignore
+//! ```
+//! use std::sync::Arc;
+//! use table::MemoryPartitionStorage;
 //! table::testing::run_all(|| (Arc::new(MemoryPartitionStorage::new()) as _, Box::new(())));
 //! ```
 //! The checks panic with a message naming the failed property, like a test does.

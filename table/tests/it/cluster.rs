@@ -59,7 +59,12 @@ pub(crate) struct TestNode {
 }
 
 impl TestNode {
-    async fn start(name: &str, seeds: Vec<String>, storage: &Storage) -> Result<Self> {
+    async fn start(
+        name: &str,
+        seeds: Vec<String>,
+        storage: &Storage,
+        config: RaftConfiguration,
+    ) -> Result<Self> {
         let ctx = StartContext {
             faults: FaultReporter::detached(),
         };
@@ -89,7 +94,7 @@ impl TestNode {
             ),
         };
         let raft = Arc::new(
-            RaftManager::with_config(Arc::clone(&network), Arc::clone(&vault), fast_config())
+            RaftManager::with_config(Arc::clone(&network), Arc::clone(&vault), config)
                 .with_storage(logs),
         );
         let service = Arc::new(PartitionService::new(&network).with_timeout(WAIT));
@@ -163,13 +168,23 @@ impl TestNode {
 pub(crate) struct Cluster {
     pub(crate) nodes: Vec<TestNode>,
     pub(crate) storage: Storage,
+    pub(crate) config: RaftConfiguration,
 }
 
 impl Cluster {
     pub(crate) async fn start(n: usize, storage: Storage) -> Result<Self> {
+        Self::start_with(n, storage, fast_config()).await
+    }
+
+    pub(crate) async fn start_with(
+        n: usize,
+        storage: Storage,
+        config: RaftConfiguration,
+    ) -> Result<Self> {
         let mut cluster = Self {
             nodes: Vec::new(),
             storage,
+            config,
         };
         for i in 1..=n {
             cluster.add_node(&name(i)).await?;
@@ -183,7 +198,7 @@ impl Cluster {
 
     /// Starts one more node and waits until every node sees every other.
     pub(crate) async fn add_node(&mut self, name: &str) -> Result<()> {
-        let node = TestNode::start(name, self.seeds(), &self.storage).await?;
+        let node = TestNode::start(name, self.seeds(), &self.storage, self.config.clone()).await?;
         self.nodes.push(node);
         self.wait_for_topology().await
     }

@@ -6,7 +6,7 @@ use std::ops::Bound;
 use anyhow::{ensure, Context, Result};
 use table::{CommandId, PartitionCommand, PartitionOp, PartitionResponse};
 
-use crate::cluster::{bounded, name, voters, Cluster, Storage};
+use crate::cluster::{bounded, fast_config, name, voters, Cluster, Storage, WAIT};
 
 fn key(i: usize) -> Vec<u8> {
     format!("key-{i:04}").into_bytes()
@@ -184,6 +184,15 @@ async fn a_node_without_a_replica_reads_and_writes_through_the_service() -> Resu
         let stale = raft::GroupMembers::voters(["gone", "n2", "n3"]);
         let client = n4.client(0, &stale);
         assert_eq!(client.get(key(2)).await?, Some(value(2)));
+        // after the service stops, its clients refuse at once
+        lifecycle::Component::stop(n4.service.as_ref())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let refused = client.get(key(2)).await;
+        assert!(
+            matches!(refused, Err(table::Error::Stopping(_))),
+            "stopped service: {refused:?}"
+        );
         drop(client);
         cluster.stop().await
     })
@@ -295,6 +304,74 @@ async fn a_retried_command_id_applies_once() -> Result<()> {
             PartitionResponse::Previous(Some(b"second".to_vec()))
         );
         drop((n1, n2, client));
+        cluster.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_catches_up_through_a_snapshot_with_the_command_window() -> Result<()> {
+    bounded(async {
+        let config = raft::RaftConfiguration {
+            snapshot_logs_since_last: 10,
+            max_in_snapshot_log_to_keep: 0,
+            ..fast_config()
+        };
+        let cluster = Cluster::start_with(4, Storage::Memory, config).await?;
+        let members = voters(3);
+        cluster.start_partition(0, &members).await?;
+        let leader_name = cluster.leader(0, &members).await?;
+        let leader = cluster.node(&leader_name)?.replica(0)?;
+        let id = CommandId::new(uuid::Uuid::from_u128(9), 0);
+        let first = PartitionCommand::new(
+            id,
+            PartitionOp::Insert {
+                key: key(0),
+                value: value(0),
+            },
+        );
+        assert_eq!(
+            leader.execute(first.clone()).await?,
+            PartitionResponse::Inserted(true)
+        );
+        for i in 1..40 {
+            leader.upsert(key(i), value(i)).await?;
+        }
+        leader.group().trigger_snapshot().await?;
+        leader
+            .group()
+            .wait_for(WAIT, "a snapshot and a purged log", |m| {
+                m.purged.is_some_and(|p| p.index >= 30)
+            })
+            .await?;
+
+        // n4 is not a member yet: it waits, then joins as a learner from the snapshot
+        let n4 = cluster.node("n4")?;
+        let learner = n4.start_partition(0, &members).await?;
+        leader.group().add_learner("n4").await?;
+        let metrics = learner
+            .group()
+            .wait_for(WAIT, "a snapshot installed", |m| m.snapshot.is_some())
+            .await?;
+        ensure!(
+            metrics.snapshot.is_some(),
+            "the learner installed a snapshot"
+        );
+        for i in 0..40 {
+            assert_eq!(learner.get(key(i)).await?, Some(value(i)), "row {i} on n4");
+        }
+        // the command window travelled in the snapshot: the retry answers the first response
+        let window =
+            table::PartitionStateMachine::new("t1", 0, std::sync::Arc::clone(learner.storage()));
+        assert_eq!(
+            window.remembered(id)?,
+            Some(PartitionResponse::Inserted(true))
+        );
+        assert_eq!(
+            learner.execute(first).await?,
+            PartitionResponse::Inserted(true)
+        );
+        drop((leader, learner, window));
         cluster.stop().await
     })
     .await
