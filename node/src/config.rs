@@ -89,9 +89,8 @@ impl ConfigRoot for RestConfiguration {
 }
 
 /// `[cluster]`: cluster-wide settings, stored in MetaStorage and the same on every node
-/// (`ignite cluster config show|update`). Read by the table layer: the defaults a
-/// `table create` without `--partitions`/`--replicas` gets, and the baseline's auto-adjust
-/// quiet period.
+/// (`ignite cluster config show|update`): the defaults a `table create` without
+/// `--partitions`/`--replicas` gets. (The baseline's own root is `[baseline]`.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfiguration {
@@ -99,8 +98,6 @@ pub struct ClusterConfiguration {
     pub default_partitions: u32,
     /// Replicas of each partition when the request names none.
     pub default_replicas: u32,
-    /// Quiet period after a topology change before the baseline follows it; 0 = manual.
-    pub baseline_auto_adjust_ms: u64,
 }
 
 impl Default for ClusterConfiguration {
@@ -108,7 +105,6 @@ impl Default for ClusterConfiguration {
         Self {
             default_partitions: 25,
             default_replicas: 1,
-            baseline_auto_adjust_ms: 5_000,
         }
     }
 }

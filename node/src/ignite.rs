@@ -7,6 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use affinity::AffinityManager;
+use baseline::{Baseline, BaselineConfiguration, BaselineManager};
 use configuration::{BootstrapConfig, ConfigurationManager, LocalConfigurationStorage, RootKey};
 use lifecycle::{
     Fault, LifecycleConfig, LifecycleManager, NodeState, RunLevel, RunOutcome, StopReport,
@@ -17,6 +19,7 @@ use metastorage::{
 };
 use network::{NetworkConfiguration, NetworkManager, TopologyService};
 use raft::{RaftConfiguration, RaftManager};
+use schema::SchemaManager;
 use serde::Serialize;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use vault::VaultManager;
@@ -103,6 +106,7 @@ struct Inner {
     network: Arc<NetworkManager>,
     metastorage: Arc<MetaStorageManager>,
     cluster_configuration: Arc<ConfigurationManager>,
+    baseline: Arc<BaselineManager>,
     rest: Arc<RestComponent>,
     /// The task that moves a zombie node on once the cluster is initialized.
     join_tasks: TaskTracker,
@@ -283,12 +287,28 @@ impl IgniteImpl {
         )));
         let cluster_configuration = Arc::new(
             ConfigurationManager::new(
-                vec![RootKey::of::<ClusterConfiguration>()],
+                vec![
+                    RootKey::of::<ClusterConfiguration>(),
+                    RootKey::of::<BaselineConfiguration>(),
+                ],
                 vec![distributed],
                 None,
             )
             .with_name("cluster-configuration"),
         );
+        // 6-8. the business layer: baseline (from the logical topology), affinity (partition
+        //      assignments over the baseline), schema (versioned table schemas). Their
+        //      MetaStorage watches are registered here, before `deploy_watches`.
+        let baseline = Arc::new(BaselineManager::new(
+            Arc::clone(&metastorage),
+            Arc::clone(&network),
+            Arc::clone(&cluster_configuration),
+        ));
+        let affinity = Arc::new(AffinityManager::new(
+            Arc::clone(&metastorage),
+            Arc::clone(&baseline),
+        ));
+        let schema = Arc::new(SchemaManager::new(Arc::clone(&metastorage)));
         // REST answers from the zombie state on; it starts before the network so that its
         // address is gossiped with the member.
         let rest = Arc::new(RestComponent::new(
@@ -303,6 +323,9 @@ impl IgniteImpl {
         lifecycle.register(RunLevel::Zombie, raft)?;
         lifecycle.register(RunLevel::Metastorage, metastorage.clone())?;
         lifecycle.register(RunLevel::Metastorage, cluster_configuration.clone())?;
+        lifecycle.register(RunLevel::Ready, baseline.clone())?;
+        lifecycle.register(RunLevel::Ready, affinity)?;
+        lifecycle.register(RunLevel::Ready, schema)?;
 
         let ignite = Self {
             inner: Arc::new(Inner {
@@ -316,6 +339,7 @@ impl IgniteImpl {
                 network,
                 metastorage,
                 cluster_configuration,
+                baseline,
                 rest,
                 join_tasks: TaskTracker::new(),
                 join_cancel: CancellationToken::new(),
@@ -367,6 +391,19 @@ impl IgniteImpl {
     /// The cluster-wide configuration (`[cluster]`), usable once the node joined a cluster.
     pub fn cluster_configuration(&self) -> &Arc<ConfigurationManager> {
         &self.inner.cluster_configuration
+    }
+
+    /// The baseline: the nodes that hold data, as this node last saw it.
+    pub fn baseline(&self) -> Baseline {
+        self.inner.baseline.baseline()
+    }
+
+    /// Set the baseline by hand (every node must be in the logical topology).
+    pub async fn set_baseline(
+        &self,
+        nodes: std::collections::BTreeSet<String>,
+    ) -> std::result::Result<Baseline, baseline::Error> {
+        self.inner.baseline.set(nodes).await
     }
 
     /// Initialize the cluster from this node (any node of the physical topology). Same

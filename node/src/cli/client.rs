@@ -173,6 +173,28 @@ impl Client {
         Ok(0)
     }
 
+    pub(crate) async fn baseline(&self, set: Option<&[String]>) -> anyhow::Result<i32> {
+        let v = match set {
+            None => {
+                self.call(Method::GET, "/management/v1/cluster/baseline", None)
+                    .await?
+            }
+            Some(nodes) => {
+                let body = serde_json::json!({ "nodes": nodes });
+                self.call(Method::PUT, "/management/v1/cluster/baseline", Some(&body))
+                    .await?
+            }
+        };
+        self.print(&v, |v| {
+            format!(
+                "baseline (revision {}): {}",
+                str_of(&v["revision"]),
+                human(&v["nodes"])
+            )
+        });
+        Ok(0)
+    }
+
     pub(crate) async fn cluster_status(&self) -> anyhow::Result<i32> {
         let v = self
             .call(Method::GET, "/management/v1/cluster/state", None)

@@ -71,7 +71,12 @@ enum ClusterCommand {
     },
     /// The cluster's id, name, MetaStorage voters and leader, as this node sees them.
     Status,
-    /// Cluster-wide configuration (`[cluster]`), the same on every node.
+    /// The baseline: the nodes that hold data.
+    Baseline {
+        #[command(subcommand)]
+        command: BaselineCommand,
+    },
+    /// Cluster-wide configuration (`[cluster]`, `[baseline]`), the same on every node.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
@@ -80,6 +85,19 @@ enum ClusterCommand {
     Topology {
         #[command(subcommand)]
         command: TopologyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BaselineCommand {
+    /// The current baseline.
+    Show,
+    /// Set the baseline by hand (it follows the topology again after the next change when
+    /// `baseline.auto_adjust_ms` is not 0).
+    Set {
+        /// Node names, comma separated; each must be in the logical topology.
+        #[arg(value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
     },
 }
 
@@ -141,6 +159,12 @@ impl Cli {
                             c.cluster_init(&name, &metastorage).await
                         }
                         ClusterCommand::Status => c.cluster_status().await,
+                        ClusterCommand::Baseline {
+                            command: BaselineCommand::Show,
+                        } => c.baseline(None).await,
+                        ClusterCommand::Baseline {
+                            command: BaselineCommand::Set { nodes },
+                        } => c.baseline(Some(&nodes)).await,
                         ClusterCommand::Config {
                             command: ConfigCommand::Show { path },
                         } => {

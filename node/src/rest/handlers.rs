@@ -35,6 +35,10 @@ pub(super) fn router(ignite: IgniteImpl) -> Router {
             "/management/v1/configuration/cluster/{*path}",
             get(cluster_config_get).patch(cluster_config_patch),
         )
+        .route(
+            "/management/v1/cluster/baseline",
+            get(baseline_get).put(baseline_set),
+        )
         .route("/management/v1/node/info", get(node_info))
         .route(
             "/management/v1/cluster/topology/physical",
@@ -271,6 +275,41 @@ async fn cluster_config_patch(
         .await
         .map_err(|e| config_problem(&e))?;
     Ok(Json(cfg.get(&path).map_err(|e| config_problem(&e))?).into_response())
+}
+
+async fn baseline_get(State(ignite): State<IgniteImpl>) -> ApiResult {
+    let _t = guard(&ignite)?;
+    joined(&ignite).await?;
+    let b = ignite.baseline();
+    Ok(Json(json!({ "nodes": b.nodes, "revision": b.revision })).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BaselineBody {
+    nodes: std::collections::BTreeSet<String>,
+}
+
+async fn baseline_set(State(ignite): State<IgniteImpl>, body: Bytes) -> ApiResult {
+    let _t = guard(&ignite)?;
+    joined(&ignite).await?;
+    let body: BaselineBody = serde_json::from_slice(&body).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("request body: {e} (expected {{\"nodes\": [\"n1\", ..]}})"),
+        )
+    })?;
+    let b = ignite.set_baseline(body.nodes).await.map_err(|e| {
+        let status = match e {
+            baseline::Error::Empty | baseline::Error::NotInLogicalTopology(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            baseline::Error::Contended { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Problem::new(status, e.to_string())
+    })?;
+    Ok(Json(json!({ "nodes": b.nodes, "revision": b.revision })).into_response())
 }
 
 /// `network/seeds` and `network.seeds` both name the key `network.seeds`.

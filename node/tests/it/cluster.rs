@@ -251,6 +251,47 @@ async fn three_nodes_init_from_one_and_share_cluster_configuration() {
         .await
         .unwrap_or_else(|_| panic!("{} sees the change", n.name()));
     }
+    // the baseline follows the logical topology once the cluster formed; a manual set is
+    // validated and seen by every node
+    use reqwest::Method;
+    let all: std::collections::BTreeSet<String> = ["a", "b", "c"].map(String::from).into();
+    tokio::time::timeout(DEADLINE, async {
+        while a.baseline().nodes != all {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("baseline = the three nodes");
+    let (s, body) = http(
+        Method::PUT,
+        &b,
+        "/management/v1/cluster/baseline",
+        Some(json!({"nodes": ["a", "ghost"]})),
+    )
+    .await;
+    assert_eq!(s, 400, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("ghost"), "{body}");
+    let (s, body) = http(
+        Method::PUT,
+        &b,
+        "/management/v1/cluster/baseline",
+        Some(json!({"nodes": ["a", "b"]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["nodes"], json!(["a", "b"]));
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let (_, body) = http(Method::GET, &c, "/management/v1/cluster/baseline", None).await;
+            if body["nodes"] == json!(["a", "b"]) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("c sees the manual baseline");
+
     for n in [&c, &b, &a] {
         n.stop().await;
     }
