@@ -267,6 +267,36 @@ impl Partition {
         }
     }
 
+    /// Stops this replica's Raft group on `raft`; its storage and log stay for a restart.
+    pub async fn stop(&self, raft: &RaftManager) -> Result<()> {
+        raft.stop_group(self.inner.group.id()).await?;
+        tracing::info!(
+            table_id = %self.inner.table_id,
+            partition = self.inner.partition,
+            "partition replica stopped"
+        );
+        Ok(())
+    }
+
+    /// Stops this replica's Raft group and destroys its partition storage (the table was
+    /// dropped or the replica moved away). The group's Raft log stays in the log storage.
+    pub async fn destroy(self, raft: &RaftManager) -> Result<()> {
+        match raft.stop_group(self.inner.group.id()).await {
+            Ok(()) | Err(raft::Error::GroupNotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let storage = Arc::clone(&self.inner.storage);
+        tokio::task::spawn_blocking(move || storage.destroy())
+            .await
+            .map_err(|e| Error::storage("partition", e))??;
+        tracing::info!(
+            table_id = %self.inner.table_id,
+            partition = self.inner.partition,
+            "partition replica destroyed"
+        );
+        Ok(())
+    }
+
     /// Runs `op` with a fresh command id.
     pub async fn execute_op(&self, op: PartitionOp) -> Result<PartitionResponse> {
         self.execute(PartitionCommand::new(self.next_command_id(), op))

@@ -303,7 +303,24 @@ async fn a_retried_command_id_applies_once() -> Result<()> {
             client.execute(again).await?,
             PartitionResponse::Previous(Some(b"second".to_vec()))
         );
-        drop((n1, n2, client));
+        drop((n2, client));
+
+        // destroying n1's replica removes its group and its rows; the others keep serving
+        let n1_node = cluster.node("n1")?;
+        n1_node.service.unregister("t1", 0).context("registered")?;
+        n1.destroy(&n1_node.raft).await?;
+        ensure!(
+            n1_node.raft.group("t1_part_0").is_none(),
+            "group stopped on n1"
+        );
+        ensure!(
+            n1_node.partitions.partitions()?.is_empty(),
+            "storage destroyed on n1"
+        );
+        // the fresh id above wrote `first` again
+        let client = n1_node.client(0, &members);
+        assert_eq!(client.get(b"k".to_vec()).await?, Some(b"first".to_vec()));
+        drop(client);
         cluster.stop().await
     })
     .await
