@@ -98,6 +98,30 @@ pub enum Error {
     /// The service was used in a state that does not allow it.
     #[error("partition service: {0}")]
     InvalidState(String),
+    /// MetaStorage failed (table definitions live there).
+    #[error(transparent)]
+    MetaStorage(#[from] metastorage::Error),
+    /// The schema manager refused or failed.
+    #[error(transparent)]
+    Schema(#[from] schema::Error),
+    /// The affinity manager refused or failed.
+    #[error(transparent)]
+    Affinity(#[from] affinity::Error),
+    /// A table with this name exists already.
+    #[error("table {table} already exists")]
+    TableExists {
+        /// The table.
+        table: String,
+    },
+    /// No table with this name.
+    #[error("table {table} does not exist")]
+    TableNotFound {
+        /// The table.
+        table: String,
+    },
+    /// The table manager is not started.
+    #[error("table manager is not started")]
+    NotStarted,
 }
 
 impl Error {
@@ -105,6 +129,9 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Raft(e) => e.is_retryable(),
+            Self::MetaStorage(e) => e.is_retryable(),
+            Self::Schema(e) => e.is_retryable(),
+            Self::Affinity(e) => e.is_retryable(),
             Self::Unreachable { .. }
             | Self::PartitionNotFound { .. }
             | Self::Timeout { .. }

@@ -5,7 +5,10 @@
 //! [`SledPartitionProvider`] on disk, [`MemoryPartitionProvider`] for tests, [`testing`]
 //! holds the conformance suite); [`PartitionCommand`] and [`PartitionStateMachine`] (what
 //! the log carries and how it is applied); [`Partition`] (a local replica's handle) and
-//! [`PartitionService`] (serves remote requests and routes a node's requests to replicas).
+//! [`PartitionService`] (serves remote requests and routes a node's requests to replicas);
+//! [`TableManager`] (the `table` component: table definitions in MetaStorage under
+//! `tables/<name>`, local replicas of the assigned partitions) and [`Table`] (the record
+//! view, JSON rows).
 //!
 //! Invariants:
 //! - rows, the command-id window and the applied log position change in one atomic batch;
@@ -17,16 +20,19 @@
 mod client;
 mod command;
 mod error;
+mod manager;
 mod partition;
 mod service;
 mod state_machine;
 mod storage;
 pub mod testing;
+mod view;
 
 pub use crate::{
     client::PartitionClient,
     command::{CommandId, PartitionCommand, PartitionOp, PartitionResponse},
     error::{Error, Result},
+    manager::{table_key, TableInfo, TableManager, TABLES_PREFIX},
     partition::{partition_group_id, Partition},
     service::{
         PartitionService, ReadOp, ReadRequest, ReadResult, WriteRequest, PARTITION_MESSAGE_GROUP,
@@ -37,4 +43,5 @@ pub use crate::{
         PartitionStorage, PartitionStorageProvider, SledPartitionProvider, SledPartitionStorage,
         WriteBatch,
     },
+    view::{partition_of, Table},
 };
