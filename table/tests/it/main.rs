@@ -1,5 +1,8 @@
-//! Integration tests of the table crate: storage conformance and model tests, and partitions
-//! replicated across in-process nodes over real network and raft managers.
+//! Integration tests of the table crate: storage conformance and model tests, partitions
+//! replicated across in-process nodes over real network and raft managers, and the table
+//! manager over a full in-process cluster.
 mod cluster;
+mod harness;
+mod manager;
 mod partitions;
 mod storage_suite;
