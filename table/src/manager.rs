@@ -4,7 +4,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
 };
@@ -30,6 +30,8 @@ use crate::{
 };
 
 const NAME: &str = "table";
+/// The pause before retrying replicas that failed to start.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The MetaStorage prefix of table definitions: `tables/<name>`.
 pub const TABLES_PREFIX: &[u8] = b"tables/";
@@ -193,6 +195,9 @@ pub struct TableManager {
     registration: std::result::Result<(), String>,
     events: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<WatchEvent>>>,
     local: Arc<tokio::sync::Mutex<HashMap<(String, u32), Partition>>>,
+    /// The last MetaStorage revision the catalog applied (survives a stop, so a restart at
+    /// a run level rebuilds from where it left off rather than from the recovery revision).
+    applied: Arc<AtomicU64>,
     running: AtomicBool,
     lifecycle: tokio::sync::Mutex<()>,
     cancel: Mutex<CancellationToken>,
@@ -240,6 +245,7 @@ impl TableManager {
             registration,
             events: Arc::new(tokio::sync::Mutex::new(rx)),
             local: Arc::new(tokio::sync::Mutex::new(HashMap::new())),
+            applied: Arc::new(AtomicU64::new(0)),
             running: AtomicBool::new(false),
             lifecycle: tokio::sync::Mutex::new(()),
             cancel: Mutex::new(CancellationToken::new()),
@@ -383,7 +389,10 @@ impl TableManager {
                 "registering the table watches: {reason}"
             )));
         }
-        let revision = self.ms.recovery_revision();
+        let revision = self
+            .ms
+            .recovery_revision()
+            .max(self.applied.load(Ordering::SeqCst));
         {
             let mut catalog = Catalog::default();
             for prefix in [TABLES_PREFIX, ASSIGNMENTS_PREFIX] {
@@ -400,7 +409,9 @@ impl TableManager {
             provider: Arc::clone(&self.provider),
             local: Arc::clone(&self.local),
         };
-        worker.reconcile().await;
+        self.applied.store(revision, Ordering::SeqCst);
+        let mut settled = worker.reconcile().await;
+        let applied = Arc::clone(&self.applied);
         let cancel = CancellationToken::new();
         *self.cancel.lock() = cancel.clone();
         self.tasks.reopen();
@@ -411,9 +422,14 @@ impl TableManager {
                 let event = tokio::select! {
                     () = cancel.cancelled() => return Ok(()),
                     event = events.recv() => event,
+                    // a replica that failed to start is retried after a pause
+                    () = tokio::time::sleep(RETRY_PAUSE), if !settled => {
+                        settled = worker.reconcile().await;
+                        continue;
+                    }
                 };
                 let Some(event) = event else { return Ok(()) };
-                if event.revision <= revision {
+                if event.revision <= applied.load(Ordering::SeqCst) {
                     continue;
                 }
                 {
@@ -424,10 +440,9 @@ impl TableManager {
                             .map_err(|e| Box::new(e) as BoxError)?;
                     }
                 }
-                tokio::select! {
-                    () = cancel.cancelled() => return Ok(()),
-                    () = worker.reconcile() => {}
-                }
+                applied.store(event.revision, Ordering::SeqCst);
+                // a reconcile runs to its end: a replica half-started would leak its group
+                settled = worker.reconcile().await;
             }
         });
         self.running.store(true, Ordering::SeqCst);
@@ -466,11 +481,14 @@ struct Worker {
 }
 
 impl Worker {
-    async fn reconcile(&self) {
+    /// Destroys replicas no longer assigned here and starts the missing ones; false if
+    /// something failed (to be retried).
+    async fn reconcile(&self) -> bool {
         let Some(node) = self.network.topology().try_local_member().map(|m| m.name) else {
             tracing::warn!("no local node name yet, partitions not reconciled");
-            return;
+            return false;
         };
+        let mut settled = true;
         let desired = self.shared.catalog.read().desired(&node);
         let mut local = self.local.lock().await;
         let gone: Vec<(String, u32)> = local
@@ -482,6 +500,7 @@ impl Worker {
             if let Some(partition) = local.remove(&key) {
                 self.shared.service.unregister(&key.0, key.1);
                 if let Err(e) = partition.destroy(&self.raft).await {
+                    settled = false;
                     tracing::warn!(table_id = %key.0, partition = key.1, error = %e, "destroying a partition replica");
                 }
             }
@@ -498,10 +517,12 @@ impl Worker {
                     local.insert((table_id, p), partition);
                 }
                 Err(e) => {
+                    settled = false;
                     tracing::warn!(table_id = %table_id, partition = p, error = %e, "starting a partition replica");
                 }
             }
         }
+        settled
     }
 
     async fn start_replica(

@@ -7,7 +7,9 @@ use schema::{Column, ColumnType, TableSchema};
 use serde_json::json;
 use table::Error;
 
-use crate::harness::{set, TestCluster, TestNode, WAIT};
+use lifecycle::Component;
+
+use crate::harness::{ctx, set, TestCluster, TestNode, WAIT};
 
 /// Waits until `node` runs exactly `want` partition replicas.
 async fn wait_local(node: &TestNode, want: impl Fn(usize) -> bool) -> Result<usize> {
@@ -61,11 +63,11 @@ async fn create_write_read_scan_and_drop_across_three_nodes() -> Result<()> {
             );
         }
         // 4 partitions x 2 replicas over 3 nodes
-        let mut total = 0;
+        let mut counts = Vec::new();
         for node in &cluster.nodes {
-            total += wait_local(node, |n| n >= 2).await?;
+            counts.push(wait_local(node, |n| n >= 2).await?);
         }
-        assert_eq!(total, 8);
+        assert_eq!(counts.iter().sum::<usize>(), 8);
 
         let writer = n2
             .tables
@@ -111,6 +113,24 @@ async fn create_write_read_scan_and_drop_across_three_nodes() -> Result<()> {
             .upsert(&json!({"id": "x", "name": "bad"}))
             .await
             .is_err());
+
+        // a stop (run level down) stops the replicas; a start brings them back with the rows
+        n3.tables.stop().await.map_err(|e| anyhow!("{e}"))?;
+        assert!(n3.tables.local_partitions().await.is_empty());
+        assert!(n3.service.registered().is_empty());
+        assert!(matches!(
+            n3.tables
+                .create_table(
+                    TableSchema::new("other", vec![Column::new("id", ColumnType::Int64)], vec![])?,
+                    1,
+                    1
+                )
+                .await,
+            Err(Error::NotStarted)
+        ));
+        n3.tables.start(&ctx()).await.map_err(|e| anyhow!("{e}"))?;
+        assert_eq!(wait_local(n3, |n| n == counts[2]).await?, counts[2]);
+        assert_eq!(reader.scan(None, 1_000).await?.len(), 99);
 
         n3.tables.drop_table("people").await?;
         assert!(matches!(
