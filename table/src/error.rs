@@ -113,6 +113,14 @@ pub enum Error {
         /// The table.
         table: String,
     },
+    /// A table definition was refused.
+    #[error("table {table}: {reason}")]
+    InvalidTable {
+        /// The table.
+        table: String,
+        /// Why.
+        reason: String,
+    },
     /// No table with this name.
     #[error("table {table} does not exist")]
     TableNotFound {

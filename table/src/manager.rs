@@ -271,6 +271,14 @@ impl TableManager {
     ) -> Result<TableInfo> {
         self.check_running()?;
         let name = schema.table.clone();
+        for (what, n) in [("partitions", partitions), ("replicas", replicas)] {
+            if n == 0 {
+                return Err(Error::InvalidTable {
+                    table: name,
+                    reason: format!("{what} must be at least 1"),
+                });
+            }
+        }
         let key = table_key(&name);
         if self.ms.get(&key).await?.is_some_and(|e| !e.tombstone) {
             return Err(Error::TableExists { table: name });
@@ -282,10 +290,20 @@ impl TableManager {
             }
             Err(e) => return Err(e.into()),
         }
-        let assignments = self
+        let assignments = match self
             .affinity
             .calculate_and_store(&name, partitions, replicas)
-            .await?;
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                // nothing half-applied: the schema goes again
+                if let Err(undo) = self.shared.schema.drop_table(&name).await {
+                    tracing::warn!(table = %name, error = %undo, "undoing the schema of a failed create");
+                }
+                return Err(e.into());
+            }
+        };
         let info = TableInfo {
             name: name.clone(),
             id: format!("t{}", uuid::Uuid::new_v4().simple()),

@@ -33,23 +33,32 @@ async fn create_write_read_scan_and_drop_across_three_nodes() -> Result<()> {
         let all = set(&["n1", "n2", "n3"]);
         cluster.wait_logical(&all).await?;
         let (n1, n2, n3) = (&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]);
-        let b = n1.baseline.set(all.clone()).await?;
-        for node in &cluster.nodes {
-            node.wait_baseline(|x| x.revision >= b.revision).await?;
-        }
-
         let schema = TableSchema::new(
             "people",
             vec![Column::new("id", ColumnType::Int64)],
             vec![Column::new("name", ColumnType::String)],
         )?;
+        // no baseline yet: refused, and nothing is left behind (the same create works later)
+        assert!(matches!(
+            n1.tables.create_table(schema.clone(), 4, 2).await,
+            Err(Error::Affinity(affinity::Error::EmptyBaseline { .. }))
+        ));
+        let b = n1.baseline.set(all.clone()).await?;
+        for node in &cluster.nodes {
+            node.wait_baseline(|x| x.revision >= b.revision).await?;
+        }
+
+        assert!(matches!(
+            n1.tables.create_table(schema.clone(), 0, 2).await,
+            Err(Error::InvalidTable { .. })
+        ));
         let info = n1.tables.create_table(schema.clone(), 4, 2).await?;
         assert_eq!(
             (info.name.as_str(), info.partitions, info.replicas),
             ("people", 4, 2)
         );
         assert!(matches!(
-            n2.tables.create_table(schema, 8, 1).await,
+            n2.tables.create_table(schema.clone(), 8, 1).await,
             Err(Error::TableExists { .. })
         ));
         let revision = n1.ms.revision();
@@ -145,6 +154,26 @@ async fn create_write_read_scan_and_drop_across_three_nodes() -> Result<()> {
             assert!(node.tables.table("people").is_none());
             assert!(node.service.registered().is_empty());
         }
+        assert!(
+            reader.get(&json!({"id": 1})).await.is_err(),
+            "a dropped table refuses reads"
+        );
+
+        // the name is free again: a new table with a new id, empty
+        let again = n2.tables.create_table(schema, 2, 3).await?;
+        assert_ne!(again.id, info.id);
+        let revision = n2.ms.revision();
+        n1.ms.wait_watches(revision, WAIT).await?;
+        let people = n1
+            .tables
+            .table("people")
+            .ok_or_else(|| anyhow!("people on n1"))?;
+        assert!(people.scan(None, 10).await?.is_empty());
+        people.upsert(&json!({"id": 1, "name": "again"})).await?;
+        assert_eq!(
+            people.get(&json!({"id": 1})).await?,
+            Some(json!({"id": 1, "name": "again"}))
+        );
         cluster.stop().await
     })
     .await
