@@ -21,6 +21,7 @@ use network::{NetworkConfiguration, NetworkManager, TopologyService};
 use raft::{RaftConfiguration, RaftManager};
 use schema::SchemaManager;
 use serde::Serialize;
+use table::{PartitionService, SledPartitionProvider, TableManager};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use vault::VaultManager;
 
@@ -107,6 +108,8 @@ struct Inner {
     metastorage: Arc<MetaStorageManager>,
     cluster_configuration: Arc<ConfigurationManager>,
     baseline: Arc<BaselineManager>,
+    schema: Arc<SchemaManager>,
+    tables: Arc<TableManager>,
     rest: Arc<RestComponent>,
     /// The task that moves a zombie node on once the cluster is initialized.
     join_tasks: TaskTracker,
@@ -190,6 +193,13 @@ impl IgniteImpl {
             .start_up_to(RunLevel::Ready, NodeState::Recovering)
             .await?;
         self.inner.metastorage.deploy_watches()?;
+        if self.inner.standalone && self.inner.baseline.baseline().nodes.is_empty() {
+            // a one-node cluster holds its data itself from the first moment: no quiet period
+            let me: std::collections::BTreeSet<String> = [self.name()].into();
+            if let Err(e) = self.inner.baseline.set(me).await {
+                tracing::warn!(error = %e, "could not set the standalone baseline; auto-adjust will");
+            }
+        }
         lifecycle.set_state(NodeState::Started);
         tracing::info!(
             recovery_revision = self.inner.metastorage.recovery_revision(),
@@ -309,6 +319,18 @@ impl IgniteImpl {
             Arc::clone(&baseline),
         ));
         let schema = Arc::new(SchemaManager::new(Arc::clone(&metastorage)));
+        // 9. tables: partition replicas (one Raft group each) in <data_dir>/partitions, the
+        //    service that routes row operations from any node to a replica
+        let partition_service = Arc::new(PartitionService::new(&network));
+        let tables = Arc::new(TableManager::new(
+            Arc::clone(&metastorage),
+            Arc::clone(&affinity),
+            Arc::clone(&schema),
+            Arc::clone(&raft),
+            Arc::clone(&network),
+            Arc::clone(&partition_service),
+            Arc::new(SledPartitionProvider::in_data_dir(&data_dir)),
+        ));
         // REST answers from the zombie state on; it starts before the network so that its
         // address is gossiped with the member.
         let rest = Arc::new(RestComponent::new(
@@ -325,7 +347,9 @@ impl IgniteImpl {
         lifecycle.register(RunLevel::Metastorage, cluster_configuration.clone())?;
         lifecycle.register(RunLevel::Ready, baseline.clone())?;
         lifecycle.register(RunLevel::Ready, affinity)?;
-        lifecycle.register(RunLevel::Ready, schema)?;
+        lifecycle.register(RunLevel::Ready, schema.clone())?;
+        lifecycle.register(RunLevel::Ready, partition_service)?;
+        lifecycle.register(RunLevel::Ready, tables.clone())?;
 
         let ignite = Self {
             inner: Arc::new(Inner {
@@ -340,6 +364,8 @@ impl IgniteImpl {
                 metastorage,
                 cluster_configuration,
                 baseline,
+                schema,
+                tables,
                 rest,
                 join_tasks: TaskTracker::new(),
                 join_cancel: CancellationToken::new(),
@@ -391,6 +417,25 @@ impl IgniteImpl {
     /// The cluster-wide configuration (`[cluster]`), usable once the node joined a cluster.
     pub fn cluster_configuration(&self) -> &Arc<ConfigurationManager> {
         &self.inner.cluster_configuration
+    }
+
+    /// Distributed tables: create, drop, list, and the record view of each.
+    pub fn tables(&self) -> &Arc<TableManager> {
+        &self.inner.tables
+    }
+
+    /// Table schemas (versions, alter).
+    pub fn schemas(&self) -> &Arc<SchemaManager> {
+        &self.inner.schema
+    }
+
+    /// The cluster-wide defaults for new tables.
+    pub fn table_defaults(&self) -> (u32, u32) {
+        self.inner
+            .cluster_configuration
+            .root::<ClusterConfiguration>()
+            .map(|c| (c.default_partitions, c.default_replicas))
+            .unwrap_or((25, 1))
     }
 
     /// The baseline: the nodes that hold data, as this node last saw it.

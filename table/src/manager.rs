@@ -407,6 +407,12 @@ impl TableManager {
                 "registering the table watches: {reason}"
             )));
         }
+        // the partition database (<data_dir>/partitions) is this component's: open it here,
+        // close it on stop (idempotent both ways)
+        let provider = Arc::clone(&self.provider);
+        tokio::task::spawn_blocking(move || provider.open())
+            .await
+            .map_err(|e| Error::InvalidState(format!("opening the partition database: {e}")))??;
         let revision = self
             .ms
             .recovery_revision()
@@ -484,6 +490,10 @@ impl TableManager {
                 Err(e) => tracing::warn!(error = %e, "stopping a partition replica"),
             }
         }
+        let provider = Arc::clone(&self.provider);
+        tokio::task::spawn_blocking(move || provider.close())
+            .await
+            .map_err(|e| Error::InvalidState(format!("closing the partition database: {e}")))??;
         tracing::info!("table manager stopped");
         Ok(())
     }

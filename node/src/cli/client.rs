@@ -32,7 +32,7 @@ impl Client {
         })
     }
 
-    async fn call(
+    pub(super) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -63,7 +63,31 @@ impl Client {
         }
     }
 
-    fn print(&self, value: &Value, human: impl FnOnce(&Value) -> String) {
+    pub(super) fn output(&self) -> Output {
+        self.output
+    }
+
+    /// A call whose success has no body (204).
+    pub(super) async fn call_empty(&self, method: Method, path: &str) -> anyhow::Result<()> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .request(method, &url)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach node at {}", self.base))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let bytes = resp.bytes().await.unwrap_or_default();
+        match serde_json::from_slice::<Problem>(&bytes) {
+            Ok(p) => bail!("{}", p.detail),
+            Err(_) => bail!("{url}: {status}: {}", String::from_utf8_lossy(&bytes)),
+        }
+    }
+
+    pub(super) fn print(&self, value: &Value, human: impl FnOnce(&Value) -> String) {
         match self.output {
             Output::Json => println!("{value}"),
             Output::Human => println!("{}", human(value)),

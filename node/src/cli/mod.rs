@@ -2,6 +2,7 @@
 //! client of a node's REST API (`--url`).
 mod client;
 mod start;
+mod table;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -26,6 +27,13 @@ enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// Distributed tables and their rows.
+    Table {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: table::TableCommand,
     },
     /// Inspect and configure one node.
     Node {
@@ -184,6 +192,9 @@ impl Cli {
                             command: TopologyCommand::Logical,
                         } => c.topology("logical").await,
                     }
+                }
+                Command::Table { client, command } => {
+                    client::Client::new(&client)?.table(command).await
                 }
                 Command::Node { client, command } => {
                     let c = client::Client::new(&client)?;

@@ -52,6 +52,7 @@ pub(super) fn router(ignite: IgniteImpl) -> Router {
             "/management/v1/configuration/node/{*path}",
             get(config_get).patch(config_patch),
         )
+        .merge(super::tables::routes())
         .fallback(not_found)
         .with_state(ignite)
 }
@@ -113,6 +114,13 @@ async fn topology_physical(State(ignite): State<IgniteImpl>) -> ApiResult {
         })
         .collect();
     Ok(Json(members).into_response())
+}
+
+/// Enter the stop guard and require a joined node (for cluster-level endpoints).
+pub(super) async fn joined_guard(ignite: &IgniteImpl) -> ApiResult<lifecycle::StopTicket> {
+    let ticket = guard(ignite)?;
+    joined(ignite).await?;
+    Ok(ticket)
 }
 
 /// The sentence every cluster-level endpoint answers before init.

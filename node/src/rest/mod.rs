@@ -2,6 +2,7 @@
 //! from the zombie state on. Handlers only call `IgniteImpl`.
 mod handlers;
 mod problem;
+mod tables;
 
 use std::{net::SocketAddr, sync::Arc};
 

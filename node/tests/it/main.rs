@@ -4,3 +4,4 @@ mod cluster;
 mod embedded;
 mod process;
 mod support;
+mod tables;

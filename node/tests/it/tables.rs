@@ -1,0 +1,132 @@
+//! Tables end to end through the `ignite` CLI against a real standalone node.
+use crate::support::{run_cli, wait_for, NodeProcess};
+
+fn cli(url: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["table"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--url", url]);
+    run_cli(&all)
+}
+
+#[test]
+fn create_load_read_alter_and_drop_a_table_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(dir.path(), &["--standalone", "--name", "t1"]);
+    let url = node.url();
+    wait_for("STARTED", || {
+        let (code, out, _) = run_cli(&["node", "state", "--url", &url]);
+        (code == 0 && out.contains("STARTED")).then_some(())
+    });
+
+    let (code, out, err) = cli(
+        &url,
+        &[
+            "create",
+            "people",
+            "--key",
+            "id:int64",
+            "--column",
+            "name:string",
+            "--column",
+            "age:int32",
+            "--partitions",
+            "4",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("table people") && out.contains("4 partitions"),
+        "{out}"
+    );
+    let (code, _, err) = cli(&url, &["create", "people", "--key", "id:int64"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("people"),
+        "duplicate create names the table: {err}"
+    );
+
+    let (code, _, err) = cli(
+        &url,
+        &["put", "people", r#"{"id": 1, "name": "Ada", "age": 36}"#],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = cli(&url, &["get", "people", "1"]);
+    assert_eq!(code, 0);
+    let row: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(row, serde_json::json!({"id": 1, "name": "Ada", "age": 36}));
+    let (code, out, _) = cli(&url, &["get", "people", "2"]);
+    assert_eq!((code, out.as_str()), (0, ""), "absent row prints nothing");
+
+    // bad input: names the thing and the reason
+    let (code, _, err) = cli(&url, &["put", "people", r#"{"id": "x"}"#]);
+    assert_ne!(code, 0);
+    assert!(err.contains("id"), "{err}");
+    let (code, _, err) = cli(&url, &["put", "people", "{nope"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not valid JSON"), "{err}");
+    let (code, _, err) = cli(&url, &["get", "ghosts", "1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("ghosts"), "{err}");
+
+    // load a CSV file with a summary
+    let csv = dir.path().join("people.csv");
+    let mut text = String::from("id,name,age\n");
+    for i in 2..=101 {
+        text.push_str(&format!("{i},person{i},{}\n", 20 + i % 50));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let (code, out, err) = cli(
+        &url,
+        &["load", "people", csv.to_str().unwrap(), "--output", "json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(summary["rows"], 100);
+
+    let (code, out, _) = cli(&url, &["scan", "people", "--limit", "1000"]);
+    assert_eq!(code, 0);
+    let ids: Vec<i64> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=101).collect::<Vec<_>>(),
+        "every row, in key order"
+    );
+    let (_, out, _) = cli(&url, &["scan", "people", "--limit", "5"]);
+    assert_eq!(out.lines().count(), 5);
+
+    let (code, out, err) = cli(
+        &url,
+        &["alter", "people", "--add", "email:string", "--drop", "age"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("email") && !out.contains("age"), "{out}");
+    let (_, out, _) = cli(&url, &["get", "people", "1"]);
+    let row: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        row,
+        serde_json::json!({"id": 1, "name": "Ada", "email": null}),
+        "old rows read through the new schema"
+    );
+
+    let (code, out, _) = cli(&url, &["delete", "people", "1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains('1'), "{out}");
+    let (_, out, _) = cli(&url, &["get", "people", "1"]);
+    assert!(out.is_empty());
+
+    let (code, out, _) = cli(&url, &["list", "--output", "json"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("people"));
+    let (code, _, err) = cli(&url, &["drop", "people"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = cli(&url, &["list", "--output", "json"]);
+    assert_eq!(out.trim(), "[]");
+    assert_eq!(node.terminate().code(), Some(0));
+}
