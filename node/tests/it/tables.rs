@@ -130,3 +130,100 @@ fn create_load_read_alter_and_drop_a_table_through_the_cli() {
     assert_eq!(out.trim(), "[]");
     assert_eq!(node.terminate().code(), Some(0));
 }
+
+#[test]
+fn three_node_cluster_keeps_every_row_readable_after_losing_a_node() {
+    use crate::support::send_signal;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = NodeProcess::start(dirs[0].path(), &["--name", "a"]);
+    let seed = wait_for("a's network address", || {
+        let (code, out, _) = run_cli(&["node", "info", "--url", &a.url(), "--output", "json"]);
+        let info: serde_json::Value = serde_json::from_str(out.trim())
+            .ok()
+            .filter(|_| code == 0)?;
+        info["network_address"].as_str().map(str::to_owned)
+    });
+    let b = NodeProcess::start(dirs[1].path(), &["--name", "b", "--seeds", &seed]);
+    let c = NodeProcess::start(dirs[2].path(), &["--name", "c", "--seeds", &seed]);
+    wait_for("three members", || {
+        let (code, out, _) = run_cli(&[
+            "cluster",
+            "topology",
+            "physical",
+            "--url",
+            &a.url(),
+            "--output",
+            "json",
+        ]);
+        (code == 0
+            && serde_json::from_str::<serde_json::Value>(out.trim())
+                .ok()?
+                .as_array()?
+                .len()
+                == 3)
+            .then_some(())
+    });
+    let (code, _, err) = run_cli(&["cluster", "init", "--name", "rows", "--url", &a.url()]);
+    assert_eq!(code, 0, "{err}");
+    for n in [&a, &b, &c] {
+        wait_for("STARTED", || {
+            let (code, out, _) = run_cli(&["node", "state", "--url", &n.url()]);
+            (code == 0 && out.contains("STARTED")).then_some(())
+        });
+    }
+    // the table is created once the baseline holds all three nodes
+    run_cli(&["cluster", "baseline", "set", "a,b,c", "--url", &a.url()]);
+    let (code, _, err) = cli(
+        &a.url(),
+        &[
+            "create",
+            "kv",
+            "--key",
+            "k:int64",
+            "--column",
+            "v:string",
+            "--partitions",
+            "4",
+            "--replicas",
+            "3",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let file = dirs[0].path().join("rows.jsonl");
+    let text: String = (0..200)
+        .map(|i| format!("{{\"k\": {i}, \"v\": \"value-{i}\"}}\n"))
+        .collect();
+    std::fs::write(&file, text).unwrap();
+    let (code, out, err) = wait_for("load accepted", || {
+        let r = cli(&b.url(), &["load", "kv", file.to_str().unwrap()]);
+        (r.0 == 0).then_some(r)
+    });
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("loaded 200 rows"), "{out}");
+
+    send_signal(c.pid(), 9);
+    drop(c);
+    for n in [&a, &b] {
+        let (code, out, err) = wait_for("scan after losing c", || {
+            let r = cli(&n.url(), &["scan", "kv", "--limit", "1000"]);
+            (r.0 == 0).then_some(r)
+        });
+        assert_eq!(code, 0, "{err}");
+        let keys: Vec<i64> = out
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["k"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            (0..200).collect::<Vec<_>>(),
+            "every row is still readable"
+        );
+    }
+    for n in [b, a] {
+        assert_eq!(n.terminate().code(), Some(0));
+    }
+}
