@@ -4,6 +4,8 @@
 //! for the fresh, empty storages it needs. A failing case panics with its name. [`Model`]
 //! is a deliberately naive MVCC model (a full copy of the state per revision) that property
 //! tests compare storages with. This is test support: it asserts, it does not return errors.
+pub mod cluster;
+
 use std::collections::BTreeMap;
 
 use crate::{

@@ -38,7 +38,15 @@ async fn compact_by_api_makes_old_reads_fail_on_every_node() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retention_compacts_behind_the_watches() -> Result<()> {
-    let cluster = TestCluster::start(1, false, Options { retention: 3 }).await?;
+    let cluster = TestCluster::start(
+        1,
+        false,
+        Options {
+            retention: 3,
+            ..Options::default()
+        },
+    )
+    .await?;
     cluster.init_and_start("n1").await?;
     let ms = &cluster.node("n1").ms;
     let mut last = 0;
