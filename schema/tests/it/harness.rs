@@ -1,136 +1,42 @@
-//! An in-process cluster of real nodes on 127.0.0.1 port 0: vault, configuration, network,
-//! raft, MetaStorage and the schema manager per node, started by hand in graph order.
-use std::{path::Path, sync::Arc, time::Duration};
+//! An in-process cluster of real nodes on 127.0.0.1 port 0: the shared node stack of
+//! [`metastorage::testing::cluster`] (vault to MetaStorage) plus the schema manager per node.
+use std::{ops::Deref, sync::Arc};
 
-use anyhow::{anyhow, Context, Result};
-use configuration::{BootstrapConfig, ConfigurationManager, LocalConfigurationStorage, RootKey};
-use lifecycle::{Component, FaultReporter, StartContext};
-use metastorage::{InitRequest, MetaStorageConfiguration, MetaStorageManager};
-use network::{NetworkConfiguration, NetworkManager};
-use raft::{RaftConfiguration, RaftManager};
+use anyhow::{anyhow, Result};
+use lifecycle::Component;
+use metastorage::testing::cluster::{self, Options};
 use schema::SchemaManager;
-use serde_json::json;
-use vault::VaultManager;
 
-pub(crate) const WAIT: Duration = Duration::from_secs(60);
+pub(crate) use metastorage::testing::cluster::{ctx, WAIT};
 
-pub(crate) fn ctx() -> StartContext {
-    StartContext {
-        faults: FaultReporter::detached(),
-    }
-}
-
-fn err(e: lifecycle::BoxError) -> anyhow::Error {
-    anyhow!("{e}")
-}
-
-/// One node's components.
+/// One node's components: the shared stack and its schema manager.
 pub(crate) struct TestNode {
-    pub(crate) name: String,
-    vault: Arc<VaultManager>,
-    config: Arc<ConfigurationManager>,
-    network: Arc<NetworkManager>,
-    raft: Arc<RaftManager>,
-    pub(crate) ms: Arc<MetaStorageManager>,
+    base: cluster::TestNode,
     pub(crate) schema: Arc<SchemaManager>,
 }
 
+impl Deref for TestNode {
+    type Target = cluster::TestNode;
+
+    fn deref(&self) -> &Self::Target {
+        &self.base
+    }
+}
+
 impl TestNode {
-    /// Builds every component and starts the zombie part (vault to raft).
-    pub(crate) async fn start(
-        name: &str,
-        seeds: Vec<String>,
-        data_dir: Option<&Path>,
-    ) -> Result<Self> {
-        let vault = Arc::new(match data_dir {
-            Some(dir) => VaultManager::persistent(dir),
-            None => VaultManager::in_memory(),
-        });
-        let roots = vec![
-            RootKey::of::<NetworkConfiguration>(),
-            RootKey::of::<RaftConfiguration>(),
-            RootKey::of::<MetaStorageConfiguration>(),
-        ];
-        let mut bootstrap = BootstrapConfig::new(&roots);
-        bootstrap.set("network.listen", json!("127.0.0.1:0"))?;
-        bootstrap.set("network.seeds", json!(seeds))?;
-        bootstrap.set("network.failure_detection_ms", json!(1_000))?;
-        bootstrap.set("raft.election_timeout_min_ms", json!(500))?;
-        bootstrap.set("raft.election_timeout_max_ms", json!(1_000))?;
-        bootstrap.set("raft.heartbeat_interval_ms", json!(100))?;
-        let config = Arc::new(ConfigurationManager::new(
-            roots,
-            vec![Arc::new(LocalConfigurationStorage::new(Arc::clone(&vault)))],
-            Some(bootstrap),
-        ));
-        let network = Arc::new(NetworkManager::new(
-            name.to_owned(),
-            Arc::clone(&vault),
-            Arc::clone(&config),
-            Default::default(),
-        ));
-        let raft = Arc::new(RaftManager::new(
-            Arc::clone(&network),
-            Arc::clone(&vault),
-            Arc::clone(&config),
-        ));
-        let ms = Arc::new(MetaStorageManager::new(
-            Arc::clone(&vault),
-            Arc::clone(&network),
-            Arc::clone(&raft),
-            Arc::clone(&config),
-        ));
-        let schema = Arc::new(SchemaManager::new(Arc::clone(&ms)));
-        let ctx = ctx();
-        vault.start(&ctx).await.map_err(err)?;
-        config.start(&ctx).await.map_err(err)?;
-        network.start(&ctx).await.map_err(err)?;
-        raft.start(&ctx).await.map_err(err)?;
-        Ok(Self {
-            name: name.to_owned(),
-            vault,
-            config,
-            network,
-            raft,
-            ms,
-            schema,
-        })
-    }
-
-    fn address(&self) -> String {
-        self.network
-            .local_address()
-            .map(|a| a.to_string())
-            .unwrap_or_default()
-    }
-
     /// Starts MetaStorage (the cluster state must exist), then schema, then deploys watches.
-    pub(crate) async fn join(&self) -> Result<()> {
-        self.ms
+    async fn join(base: cluster::TestNode) -> Result<Self> {
+        base.start_ms().await?;
+        let schema = Arc::new(SchemaManager::new(Arc::clone(&base.ms)));
+        schema
             .start(&ctx())
             .await
-            .map_err(|e| anyhow!("metastorage on {}: {e}", self.name))?;
-        self.schema
-            .start(&ctx())
-            .await
-            .map_err(|e| anyhow!("schema on {}: {e}", self.name))?;
-        self.ms.deploy_watches()?;
-        Ok(())
-    }
-
-    /// Stops every component in reverse order.
-    pub(crate) async fn stop(&self) -> Result<()> {
-        self.schema.before_stop().await;
-        self.ms.before_stop().await;
-        self.raft.before_stop().await;
-        self.network.before_stop().await;
-        self.schema.stop().await.map_err(err)?;
-        self.ms.stop().await.map_err(err)?;
-        self.raft.stop().await.map_err(err)?;
-        self.network.stop().await.map_err(err)?;
-        self.config.stop().await.map_err(err)?;
-        self.vault.stop().await.map_err(err)?;
-        Ok(())
+            .map_err(|e| anyhow!("schema on {}: {e}", base.name))?;
+        base.extra
+            .lock()
+            .push(Arc::clone(&schema) as Arc<dyn Component>);
+        base.ms.deploy_watches()?;
+        Ok(Self { base, schema })
     }
 }
 
@@ -143,54 +49,23 @@ pub(crate) struct TestCluster {
 impl TestCluster {
     /// Starts `n` nodes, inits the cluster from `n1` and joins every node.
     pub(crate) async fn start(n: usize) -> Result<Self> {
-        let mut cluster = Self {
-            nodes: Vec::new(),
-            dirs: tempfile::tempdir()?,
-        };
-        for i in 1..=n {
-            cluster.add_node(&format!("n{i}")).await?;
-        }
-        cluster.nodes[0]
+        let dirs = tempfile::tempdir()?;
+        let mut base =
+            cluster::TestCluster::start(n, Some(dirs.path().to_path_buf()), Options::default())
+                .await?;
+        base.node("n1")
             .ms
-            .init_cluster(InitRequest {
+            .init_cluster(metastorage::InitRequest {
                 name: "test".into(),
                 metastorage: vec![],
             })
             .await?;
-        let joins = cluster.nodes.iter().map(TestNode::join);
+        let joins = base.nodes.drain(..).map(TestNode::join);
+        let mut nodes = Vec::new();
         for r in futures::future::join_all(joins).await {
-            r?;
+            nodes.push(r?);
         }
-        Ok(cluster)
-    }
-
-    fn seeds(&self) -> Vec<String> {
-        self.nodes.iter().map(TestNode::address).collect()
-    }
-
-    /// Starts the zombie part of a node and waits until every node sees every other.
-    async fn add_node(&mut self, name: &str) -> Result<()> {
-        let dir = self.dirs.path().join(name);
-        let node = TestNode::start(name, self.seeds(), Some(&dir)).await?;
-        self.nodes.push(node);
-        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
-        for node in &self.nodes {
-            let topology = node.network.topology();
-            let mut events = topology.subscribe();
-            tokio::time::timeout(WAIT, async {
-                loop {
-                    let have: Vec<String> =
-                        topology.members().into_iter().map(|m| m.name).collect();
-                    if names.iter().all(|n| have.contains(n)) {
-                        return;
-                    }
-                    let _ = events.recv().await;
-                }
-            })
-            .await
-            .with_context(|| format!("{} sees every node", node.name))?;
-        }
-        Ok(())
+        Ok(Self { nodes, dirs })
     }
 
     /// Stops node `name` and starts it again on the same data directory; it rejoins.
@@ -199,13 +74,14 @@ impl TestCluster {
             .nodes
             .iter()
             .position(|n| n.name == name)
-            .with_context(|| format!("no node {name}"))?;
+            .ok_or_else(|| anyhow!("no node {name}"))?;
         let node = self.nodes.remove(idx);
         node.stop().await?;
         drop(node);
         let dir = self.dirs.path().join(name);
-        let node = TestNode::start(name, self.seeds(), Some(&dir)).await?;
-        node.join().await?;
+        let seeds: Vec<String> = self.nodes.iter().map(|n| n.address()).collect();
+        let base = cluster::TestNode::start(name, seeds, Some(&dir), &Options::default()).await?;
+        let node = TestNode::join(base).await?;
         self.nodes.insert(idx, node);
         Ok(())
     }
