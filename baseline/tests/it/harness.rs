@@ -1,29 +1,17 @@
-//! An in-process cluster of real nodes on 127.0.0.1 port 0: vault, local configuration,
-//! network, raft, MetaStorage, the cluster configuration (with the `baseline` root) and the
-//! baseline manager per node, started by hand in graph order.
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+//! An in-process cluster of real nodes on 127.0.0.1 port 0: the shared node stack of
+//! [`metastorage::testing::cluster`] (vault to MetaStorage) plus the cluster configuration
+//! (with the `baseline` root) and the baseline manager per node.
+use std::{collections::BTreeSet, ops::Deref, sync::Arc, time::Duration};
 
 use anyhow::{anyhow, Context, Result};
 use baseline::{Baseline, BaselineConfiguration, BaselineManager};
-use configuration::{
-    BootstrapConfig, ConfigurationManager, ConfigurationStorage, LocalConfigurationStorage, RootKey,
-};
-use lifecycle::{Component, FaultReporter, StartContext};
+use configuration::{BootstrapConfig, ConfigurationManager, ConfigurationStorage, RootKey};
+use lifecycle::Component;
 use metastorage::{
-    DistributedConfigurationStorage, InitRequest, MetaStorageConfiguration, MetaStorageManager,
+    testing::cluster::{self, ctx, Options, WAIT},
+    DistributedConfigurationStorage, InitRequest,
 };
-use network::{NetworkConfiguration, NetworkManager};
-use raft::{RaftConfiguration, RaftManager};
 use serde_json::json;
-use vault::VaultManager;
-
-pub(crate) const WAIT: Duration = Duration::from_secs(60);
-
-pub(crate) fn ctx() -> StartContext {
-    StartContext {
-        faults: FaultReporter::detached(),
-    }
-}
 
 fn err(e: lifecycle::BoxError) -> anyhow::Error {
     anyhow!("{e}")
@@ -33,61 +21,28 @@ pub(crate) fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| (*s).to_owned()).collect()
 }
 
-/// One node's components.
+/// One node's components: the shared stack, the cluster configuration and the baseline.
 pub(crate) struct TestNode {
-    pub(crate) name: String,
-    vault: Arc<VaultManager>,
-    config: Arc<ConfigurationManager>,
-    pub(crate) network: Arc<NetworkManager>,
-    raft: Arc<RaftManager>,
-    pub(crate) ms: Arc<MetaStorageManager>,
+    base: cluster::TestNode,
     pub(crate) cluster_config: Arc<ConfigurationManager>,
     pub(crate) baseline: Arc<BaselineManager>,
 }
 
+impl Deref for TestNode {
+    type Target = cluster::TestNode;
+
+    fn deref(&self) -> &Self::Target {
+        &self.base
+    }
+}
+
 impl TestNode {
-    /// Builds every component and starts the zombie part (vault, configuration, network,
-    /// raft); the baseline watch is registered at construction.
+    /// Adds the cluster configuration and the baseline manager (its watch is registered at
+    /// construction) to a node whose zombie part runs.
     /// `auto_adjust_ms: Some` bootstraps the cluster configuration from this node (one node
     /// only: concurrent bootstraps race).
-    async fn start(name: &str, seeds: Vec<String>, auto_adjust_ms: Option<u64>) -> Result<Self> {
-        let vault = Arc::new(VaultManager::in_memory());
-        let roots = vec![
-            RootKey::of::<NetworkConfiguration>(),
-            RootKey::of::<RaftConfiguration>(),
-            RootKey::of::<MetaStorageConfiguration>(),
-        ];
-        let mut bootstrap = BootstrapConfig::new(&roots);
-        bootstrap.set("network.listen", json!("127.0.0.1:0"))?;
-        bootstrap.set("network.seeds", json!(seeds))?;
-        bootstrap.set("network.failure_detection_ms", json!(1_000))?;
-        bootstrap.set("raft.election_timeout_min_ms", json!(500))?;
-        bootstrap.set("raft.election_timeout_max_ms", json!(1_000))?;
-        bootstrap.set("raft.heartbeat_interval_ms", json!(100))?;
-        bootstrap.set("metastorage.learner_check_interval_ms", json!(200))?;
-        let config = Arc::new(ConfigurationManager::new(
-            roots,
-            vec![Arc::new(LocalConfigurationStorage::new(Arc::clone(&vault)))],
-            Some(bootstrap),
-        ));
-        let network = Arc::new(NetworkManager::new(
-            name.to_owned(),
-            Arc::clone(&vault),
-            Arc::clone(&config),
-            Default::default(),
-        ));
-        let raft = Arc::new(RaftManager::new(
-            Arc::clone(&network),
-            Arc::clone(&vault),
-            Arc::clone(&config),
-        ));
-        let ms = Arc::new(MetaStorageManager::new(
-            Arc::clone(&vault),
-            Arc::clone(&network),
-            Arc::clone(&raft),
-            Arc::clone(&config),
-        ));
-        let distributed = Arc::new(DistributedConfigurationStorage::new(Arc::clone(&ms)));
+    fn new(base: cluster::TestNode, auto_adjust_ms: Option<u64>) -> Result<Self> {
+        let distributed = Arc::new(DistributedConfigurationStorage::new(Arc::clone(&base.ms)));
         distributed.watch_id().map_err(|e| anyhow!(e))?;
         let cluster_roots = vec![RootKey::of::<BaselineConfiguration>()];
         let cluster_bootstrap = match auto_adjust_ms {
@@ -107,39 +62,15 @@ impl TestNode {
             .with_name("cluster-configuration"),
         );
         let baseline = Arc::new(BaselineManager::new(
-            Arc::clone(&ms),
-            Arc::clone(&network),
+            Arc::clone(&base.ms),
+            Arc::clone(&base.network),
             Arc::clone(&cluster_config),
         ));
-        let ctx = ctx();
-        vault.start(&ctx).await.map_err(err)?;
-        config.start(&ctx).await.map_err(err)?;
-        network.start(&ctx).await.map_err(err)?;
-        raft.start(&ctx).await.map_err(err)?;
         Ok(Self {
-            name: name.to_owned(),
-            vault,
-            config,
-            network,
-            raft,
-            ms,
+            base,
             cluster_config,
             baseline,
         })
-    }
-
-    fn address(&self) -> String {
-        self.network
-            .local_address()
-            .map(|a| a.to_string())
-            .unwrap_or_default()
-    }
-
-    async fn start_ms(&self) -> Result<()> {
-        self.ms
-            .start(&ctx())
-            .await
-            .map_err(|e| anyhow!("metastorage on {}: {e}", self.name))
     }
 
     /// Waits until this node's view of the baseline satisfies `ok`.
@@ -157,22 +88,6 @@ impl TestNode {
         .await
         .with_context(|| format!("baseline on {}", self.name))?
     }
-
-    /// Stops every component in reverse order.
-    pub(crate) async fn stop(&self) -> Result<()> {
-        self.baseline.stop().await.map_err(err)?;
-        self.baseline.stop().await.map_err(err)?;
-        self.cluster_config.stop().await.map_err(err)?;
-        self.ms.before_stop().await;
-        self.raft.before_stop().await;
-        self.network.before_stop().await;
-        self.ms.stop().await.map_err(err)?;
-        self.raft.stop().await.map_err(err)?;
-        self.network.stop().await.map_err(err)?;
-        self.config.stop().await.map_err(err)?;
-        self.vault.stop().await.map_err(err)?;
-        Ok(())
-    }
 }
 
 /// Nodes `n1..=nN`, initialized from `n1` with the default voters, everything started.
@@ -182,14 +97,13 @@ pub(crate) struct TestCluster {
 
 impl TestCluster {
     pub(crate) async fn start(n: usize, auto_adjust_ms: u64) -> Result<Self> {
-        let mut nodes: Vec<TestNode> = Vec::new();
-        for i in 1..=n {
-            let seeds = nodes.iter().map(TestNode::address).collect();
-            let bootstrap = (i == 1).then_some(auto_adjust_ms);
-            nodes.push(TestNode::start(&format!("n{i}"), seeds, bootstrap).await?);
+        let mut base = cluster::TestCluster::start(n, None, Options::default()).await?;
+        let mut nodes = Vec::new();
+        for (i, node) in base.nodes.drain(..).enumerate() {
+            let bootstrap = (i == 0).then_some(auto_adjust_ms);
+            nodes.push(TestNode::new(node, bootstrap)?);
         }
         let cluster = Self { nodes };
-        cluster.wait_for_topology().await?;
         cluster.nodes[0]
             .ms
             .init_cluster(InitRequest {
@@ -197,40 +111,25 @@ impl TestCluster {
                 metastorage: vec![],
             })
             .await?;
-        for r in futures::future::join_all(cluster.nodes.iter().map(TestNode::start_ms)).await {
+        for r in futures::future::join_all(cluster.nodes.iter().map(|n| n.start_ms())).await {
             r?;
         }
         // the first node bootstraps the cluster configuration, the others read it
         let ctx = ctx();
         for node in &cluster.nodes {
             node.cluster_config.start(&ctx).await.map_err(err)?;
+            node.extra
+                .lock()
+                .push(Arc::clone(&node.cluster_config) as Arc<dyn Component>);
         }
         for node in &cluster.nodes {
             node.baseline.start(&ctx).await.map_err(err)?;
+            node.extra
+                .lock()
+                .push(Arc::clone(&node.baseline) as Arc<dyn Component>);
             node.ms.deploy_watches()?;
         }
         Ok(cluster)
-    }
-
-    async fn wait_for_topology(&self) -> Result<()> {
-        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
-        for node in &self.nodes {
-            let topology = node.network.topology();
-            let mut events = topology.subscribe();
-            tokio::time::timeout(WAIT, async {
-                loop {
-                    let have: Vec<String> =
-                        topology.members().into_iter().map(|m| m.name).collect();
-                    if names.iter().all(|n| have.contains(n)) {
-                        return;
-                    }
-                    let _ = events.recv().await;
-                }
-            })
-            .await
-            .with_context(|| format!("{} sees every node", node.name))?;
-        }
-        Ok(())
     }
 
     /// Waits until every node sees the same logical topology `want`.
@@ -260,7 +159,7 @@ impl TestCluster {
             .position(|n| n.name == name)
             .with_context(|| format!("no node {name}"))?;
         let node = self.nodes.remove(idx);
-        node.stop().await
+        Ok(node.stop().await?)
     }
 
     pub(crate) async fn stop(self) -> Result<()> {
