@@ -1,33 +1,20 @@
-//! An in-process cluster of real nodes on 127.0.0.1 port 0: vault, local configuration,
-//! network, raft, MetaStorage, the cluster configuration (with the `baseline` root), the
-//! baseline and affinity managers per node, started by hand in graph order; each node also
+//! An in-process cluster of real nodes on 127.0.0.1 port 0: the shared node stack of
+//! [`metastorage::testing::cluster`] (vault to MetaStorage) plus the cluster configuration
+//! (with the `baseline` root), the baseline and affinity managers per node; each node also
 //! watches `assignments/` into a channel.
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, ops::Deref, sync::Arc, time::Duration};
 
 use affinity::{AffinityManager, Assignments, ASSIGNMENTS_PREFIX};
 use anyhow::{anyhow, Context, Result};
 use baseline::{Baseline, BaselineConfiguration, BaselineManager};
-use configuration::{
-    BootstrapConfig, ConfigurationManager, ConfigurationStorage, LocalConfigurationStorage, RootKey,
-};
-use lifecycle::{Component, FaultReporter, StartContext};
+use configuration::{BootstrapConfig, ConfigurationManager, ConfigurationStorage, RootKey};
+use lifecycle::Component;
 use metastorage::{
-    DistributedConfigurationStorage, InitRequest, KeyMatcher, MetaStorageConfiguration,
-    MetaStorageManager, WatchEvent,
+    testing::cluster::{self, ctx, Options, WAIT},
+    DistributedConfigurationStorage, InitRequest, KeyMatcher, WatchEvent,
 };
-use network::{NetworkConfiguration, NetworkManager};
-use raft::{RaftConfiguration, RaftManager};
 use serde_json::json;
 use tokio::sync::mpsc;
-use vault::VaultManager;
-
-pub(crate) const WAIT: Duration = Duration::from_secs(60);
-
-pub(crate) fn ctx() -> StartContext {
-    StartContext {
-        faults: FaultReporter::detached(),
-    }
-}
 
 fn err(e: lifecycle::BoxError) -> anyhow::Error {
     anyhow!("{e}")
@@ -37,14 +24,10 @@ pub(crate) fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| (*s).to_owned()).collect()
 }
 
-/// One node's components.
+/// One node's components: the shared stack plus the cluster configuration, baseline and
+/// affinity.
 pub(crate) struct TestNode {
-    pub(crate) name: String,
-    vault: Arc<VaultManager>,
-    config: Arc<ConfigurationManager>,
-    pub(crate) network: Arc<NetworkManager>,
-    raft: Arc<RaftManager>,
-    pub(crate) ms: Arc<MetaStorageManager>,
+    base: cluster::TestNode,
     pub(crate) cluster_config: Arc<ConfigurationManager>,
     pub(crate) baseline: Arc<BaselineManager>,
     pub(crate) affinity: Arc<AffinityManager>,
@@ -52,48 +35,21 @@ pub(crate) struct TestNode {
     pub(crate) assignments: tokio::sync::Mutex<mpsc::UnboundedReceiver<Assignments>>,
 }
 
+impl Deref for TestNode {
+    type Target = cluster::TestNode;
+
+    fn deref(&self) -> &Self::Target {
+        &self.base
+    }
+}
+
 impl TestNode {
-    /// Builds every component and starts the zombie part (vault, configuration, network,
-    /// raft); the baseline watch is registered at construction.
+    /// Adds the upper components to a node whose zombie part runs; the baseline watch is
+    /// registered at construction.
     /// `auto_adjust_ms: Some` bootstraps the cluster configuration from this node (one node
     /// only: concurrent bootstraps race).
-    async fn start(name: &str, seeds: Vec<String>, auto_adjust_ms: Option<u64>) -> Result<Self> {
-        let vault = Arc::new(VaultManager::in_memory());
-        let roots = vec![
-            RootKey::of::<NetworkConfiguration>(),
-            RootKey::of::<RaftConfiguration>(),
-            RootKey::of::<MetaStorageConfiguration>(),
-        ];
-        let mut bootstrap = BootstrapConfig::new(&roots);
-        bootstrap.set("network.listen", json!("127.0.0.1:0"))?;
-        bootstrap.set("network.seeds", json!(seeds))?;
-        bootstrap.set("network.failure_detection_ms", json!(1_000))?;
-        bootstrap.set("raft.election_timeout_min_ms", json!(500))?;
-        bootstrap.set("raft.election_timeout_max_ms", json!(1_000))?;
-        bootstrap.set("raft.heartbeat_interval_ms", json!(100))?;
-        bootstrap.set("metastorage.learner_check_interval_ms", json!(200))?;
-        let config = Arc::new(ConfigurationManager::new(
-            roots,
-            vec![Arc::new(LocalConfigurationStorage::new(Arc::clone(&vault)))],
-            Some(bootstrap),
-        ));
-        let network = Arc::new(NetworkManager::new(
-            name.to_owned(),
-            Arc::clone(&vault),
-            Arc::clone(&config),
-            Default::default(),
-        ));
-        let raft = Arc::new(RaftManager::new(
-            Arc::clone(&network),
-            Arc::clone(&vault),
-            Arc::clone(&config),
-        ));
-        let ms = Arc::new(MetaStorageManager::new(
-            Arc::clone(&vault),
-            Arc::clone(&network),
-            Arc::clone(&raft),
-            Arc::clone(&config),
-        ));
+    fn new(base: cluster::TestNode, auto_adjust_ms: Option<u64>) -> Result<Self> {
+        let ms = Arc::clone(&base.ms);
         let distributed = Arc::new(DistributedConfigurationStorage::new(Arc::clone(&ms)));
         distributed.watch_id().map_err(|e| anyhow!(e))?;
         let cluster_roots = vec![RootKey::of::<BaselineConfiguration>()];
@@ -115,7 +71,7 @@ impl TestNode {
         );
         let baseline = Arc::new(BaselineManager::new(
             Arc::clone(&ms),
-            Arc::clone(&network),
+            Arc::clone(&base.network),
             Arc::clone(&cluster_config),
         ));
         let affinity = Arc::new(AffinityManager::new(Arc::clone(&ms), Arc::clone(&baseline)));
@@ -131,37 +87,13 @@ impl TestNode {
                 futures::future::ready(Ok::<(), lifecycle::BoxError>(()))
             },
         )?;
-        let ctx = ctx();
-        vault.start(&ctx).await.map_err(err)?;
-        config.start(&ctx).await.map_err(err)?;
-        network.start(&ctx).await.map_err(err)?;
-        raft.start(&ctx).await.map_err(err)?;
         Ok(Self {
-            name: name.to_owned(),
-            vault,
-            config,
-            network,
-            raft,
-            ms,
+            base,
             cluster_config,
             baseline,
             affinity,
             assignments: tokio::sync::Mutex::new(rx),
         })
-    }
-
-    fn address(&self) -> String {
-        self.network
-            .local_address()
-            .map(|a| a.to_string())
-            .unwrap_or_default()
-    }
-
-    async fn start_ms(&self) -> Result<()> {
-        self.ms
-            .start(&ctx())
-            .await
-            .map_err(|e| anyhow!("metastorage on {}: {e}", self.name))
     }
 
     /// Waits until this node's view of the baseline satisfies `ok`.
@@ -199,23 +131,6 @@ impl TestNode {
         .await
         .with_context(|| format!("assignments of {table} on {}", self.name))?
     }
-
-    /// Stops every component in reverse order.
-    pub(crate) async fn stop(&self) -> Result<()> {
-        self.affinity.stop().await.map_err(err)?;
-        self.affinity.stop().await.map_err(err)?;
-        self.baseline.stop().await.map_err(err)?;
-        self.cluster_config.stop().await.map_err(err)?;
-        self.ms.before_stop().await;
-        self.raft.before_stop().await;
-        self.network.before_stop().await;
-        self.ms.stop().await.map_err(err)?;
-        self.raft.stop().await.map_err(err)?;
-        self.network.stop().await.map_err(err)?;
-        self.config.stop().await.map_err(err)?;
-        self.vault.stop().await.map_err(err)?;
-        Ok(())
-    }
 }
 
 /// Nodes `n1..=nN`, initialized from `n1` with the default voters, everything started.
@@ -225,14 +140,13 @@ pub(crate) struct TestCluster {
 
 impl TestCluster {
     pub(crate) async fn start(n: usize, auto_adjust_ms: u64) -> Result<Self> {
-        let mut nodes: Vec<TestNode> = Vec::new();
-        for i in 1..=n {
-            let seeds = nodes.iter().map(TestNode::address).collect();
-            let bootstrap = (i == 1).then_some(auto_adjust_ms);
-            nodes.push(TestNode::start(&format!("n{i}"), seeds, bootstrap).await?);
+        let mut base = cluster::TestCluster::start(n, None, Options::default()).await?;
+        let mut nodes = Vec::new();
+        for (i, node) in base.nodes.drain(..).enumerate() {
+            let bootstrap = (i == 0).then_some(auto_adjust_ms);
+            nodes.push(TestNode::new(node, bootstrap)?);
         }
         let cluster = Self { nodes };
-        cluster.wait_for_topology().await?;
         cluster.nodes[0]
             .ms
             .init_cluster(InitRequest {
@@ -240,41 +154,29 @@ impl TestCluster {
                 metastorage: vec![],
             })
             .await?;
-        for r in futures::future::join_all(cluster.nodes.iter().map(TestNode::start_ms)).await {
+        for r in futures::future::join_all(cluster.nodes.iter().map(|n| n.start_ms())).await {
             r?;
         }
         // the first node bootstraps the cluster configuration, the others read it
         let ctx = ctx();
         for node in &cluster.nodes {
             node.cluster_config.start(&ctx).await.map_err(err)?;
+            node.extra
+                .lock()
+                .push(Arc::clone(&node.cluster_config) as Arc<dyn Component>);
         }
         for node in &cluster.nodes {
             node.baseline.start(&ctx).await.map_err(err)?;
+            node.extra
+                .lock()
+                .push(Arc::clone(&node.baseline) as Arc<dyn Component>);
             node.affinity.start(&ctx).await.map_err(err)?;
+            node.extra
+                .lock()
+                .push(Arc::clone(&node.affinity) as Arc<dyn Component>);
             node.ms.deploy_watches()?;
         }
         Ok(cluster)
-    }
-
-    async fn wait_for_topology(&self) -> Result<()> {
-        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
-        for node in &self.nodes {
-            let topology = node.network.topology();
-            let mut events = topology.subscribe();
-            tokio::time::timeout(WAIT, async {
-                loop {
-                    let have: Vec<String> =
-                        topology.members().into_iter().map(|m| m.name).collect();
-                    if names.iter().all(|n| have.contains(n)) {
-                        return;
-                    }
-                    let _ = events.recv().await;
-                }
-            })
-            .await
-            .with_context(|| format!("{} sees every node", node.name))?;
-        }
-        Ok(())
     }
 
     /// Waits until every node sees the same logical topology `want`.
