@@ -40,6 +40,18 @@ impl raft::StateMachine for RaftStateMachine {
         Ok(self.0.apply(to_ours(position), command)?)
     }
 
+    fn batching(&self) -> bool {
+        true
+    }
+
+    fn apply_batch(
+        &self,
+        position: raft::LogPosition,
+        commands: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>, BoxError> {
+        Ok(self.0.apply_batch(to_ours(position), commands)?)
+    }
+
     fn advance(&self, position: raft::LogPosition) -> Result<(), BoxError> {
         Ok(self.0.advance(to_ours(position))?)
     }

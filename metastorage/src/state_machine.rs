@@ -70,24 +70,48 @@ impl MetaStateMachine {
     /// [`CommandResponse`]. An entry that does not decode changes nothing but the position
     /// and answers [`CommandResponse::Invalid`]. Errors are storage failures (fatal).
     pub fn apply(&self, position: LogPosition, command: &[u8]) -> Result<Vec<u8>> {
+        let response = self.apply_one(position, command, true)?;
+        self.publish();
+        Ok(response)
+    }
+
+    /// Apply the commands of one log entry (a group commit) in order; one encoded
+    /// [`CommandResponse`] per command. Each command commits atomically on its own, and only
+    /// the last one records `position`: after a crash part-way the entry is replayed, and
+    /// the commands already applied are recognised by their ids and answer their first
+    /// outcome again, so none is lost or applied twice.
+    pub fn apply_batch(&self, position: LogPosition, commands: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+        let last = commands.len().saturating_sub(1);
+        let responses = commands
+            .iter()
+            .enumerate()
+            .map(|(i, command)| self.apply_one(position, command, i == last))
+            .collect::<Result<Vec<_>>>();
+        self.publish();
+        responses
+    }
+
+    /// One command; records `position` only when `record`.
+    fn apply_one(&self, position: LogPosition, command: &[u8], record: bool) -> Result<Vec<u8>> {
         let position = self.monotonic(position);
         let response = match MetaCommand::decode(command) {
             Ok(cmd) => {
                 let ctx = ApplyContext {
                     id: Some(cmd.id),
-                    position: Some(position),
+                    position: record.then_some(position),
                 };
                 CommandResponse::Applied(self.storage.apply(&cmd.op, &ctx)?)
             }
             Err(e) => {
                 tracing::warn!(index = position.index, term = position.term, error = %e, "log entry is not a metastorage command");
-                self.storage.advance(position)?;
+                if record {
+                    self.storage.advance(position)?;
+                }
                 CommandResponse::Invalid {
                     reason: e.to_string(),
                 }
             }
         };
-        self.publish();
         response.encode()
     }
 
@@ -139,5 +163,94 @@ impl MetaStateMachine {
             *r = revision;
             changed
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        command::{CommandId, CommandOp},
+        storage::MemoryKeyValueStorage,
+    };
+
+    fn command(seq: u64, key: &str, value: &str) -> Vec<u8> {
+        MetaCommand {
+            id: CommandId::new(uuid::Uuid::from_u128(7), seq),
+            op: CommandOp::put(key, value),
+        }
+        .encode()
+        .expect("encode")
+    }
+
+    fn batch() -> Vec<Vec<u8>> {
+        vec![
+            command(1, "a", "1"),
+            command(2, "b", "2"),
+            b"\x01 not a command".to_vec(),
+            command(1, "a", "retry of 1 must not apply"),
+            command(3, "a", "3"),
+        ]
+    }
+
+    #[test]
+    fn a_batch_answers_like_single_applies_and_records_its_position_once() {
+        let single = MetaStateMachine::new(Arc::new(MemoryKeyValueStorage::new()));
+        let expected: Vec<Vec<u8>> = batch()
+            .iter()
+            .map(|c| single.apply(LogPosition::new(1, 1), c).expect("apply"))
+            .collect();
+        let batched = MetaStateMachine::new(Arc::new(MemoryKeyValueStorage::new()));
+        let replies = batched
+            .apply_batch(LogPosition::new(1, 1), &batch())
+            .expect("apply batch");
+        assert_eq!(replies, expected);
+        assert_eq!(batched.last_applied(), Some(LogPosition::new(1, 1)));
+        assert_eq!(batched.storage().revision(), 3);
+        assert_eq!(*batched.subscribe_revisions().borrow(), 3);
+        assert_eq!(
+            batched.snapshot().expect("snapshot").data,
+            single.snapshot().expect("snapshot").data
+        );
+    }
+
+    #[test]
+    fn a_batch_replayed_after_a_crash_part_way_applies_every_command_once() {
+        let clean = MetaStateMachine::new(Arc::new(MemoryKeyValueStorage::new()));
+        let expected = clean
+            .apply_batch(LogPosition::new(2, 1), &batch())
+            .expect("apply batch");
+
+        let crashed = MetaStateMachine::new(Arc::new(MemoryKeyValueStorage::new()));
+        crashed
+            .apply(LogPosition::new(1, 1), &command(9, "z", "before"))
+            .expect("apply");
+        // the first two commands of the entry at index 2 commit, then the node dies
+        for c in &batch()[..2] {
+            crashed
+                .apply_one(LogPosition::new(2, 1), c, false)
+                .expect("apply");
+        }
+        assert_eq!(
+            crashed.last_applied(),
+            Some(LogPosition::new(1, 1)),
+            "the entry is not recorded as applied: raft replays it"
+        );
+        let replayed = crashed
+            .apply_batch(LogPosition::new(2, 1), &batch())
+            .expect("replay");
+        assert_eq!(crashed.last_applied(), Some(LogPosition::new(2, 1)));
+        // every command applied exactly once: one revision more than the clean run (`z`)
+        assert_eq!(crashed.storage().revision(), clean.storage().revision() + 1);
+        let value = |sm: &MetaStateMachine, key: &str| {
+            sm.storage()
+                .get(key.as_bytes(), None)
+                .expect("get")
+                .and_then(|e| e.value)
+        };
+        for key in ["a", "b"] {
+            assert_eq!(value(&crashed, key), value(&clean, key), "key {key}");
+        }
+        assert_eq!(replayed.len(), expected.len());
     }
 }

@@ -12,9 +12,13 @@ use openraft::{
     BasicNode, ChangeMembers, RaftMetrics, ServerState,
 };
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
 
 use crate::{
+    batch::Pending,
     config::RaftConfiguration,
     error::{Error, Result},
     rpc::{self, RaftReply, RaftRequest, Rejection},
@@ -152,6 +156,8 @@ pub(crate) struct GroupInner {
     pub(crate) messaging: MessagingService,
     pub(crate) topology: TopologyService,
     pub(crate) guard: StopGuard,
+    /// The group-commit queue, when the state machine allows batching.
+    pub(crate) batcher: Option<mpsc::UnboundedSender<Pending>>,
 }
 
 /// One Raft group on this node. Cheap to clone; every clone is the same group.
@@ -181,7 +187,10 @@ fn fatal(group: &str, e: &Fatal<u64>) -> Error {
     }
 }
 
-fn write_error(group: &str, e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Error {
+pub(crate) fn write_error(
+    group: &str,
+    e: RaftError<u64, ClientWriteError<u64, BasicNode>>,
+) -> Error {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
             group: group.to_owned(),
@@ -357,16 +366,44 @@ impl RaftGroup {
         Ok(())
     }
 
-    /// Writes on this node, which must be the leader.
+    fn stopped(&self) -> Error {
+        Error::Stopping(Stopping::ComponentStopping(format!(
+            "raft group {}",
+            self.inner.id
+        )))
+    }
+
+    /// Writes on this node, which must be the leader: through the group-commit queue when
+    /// the group batches, else as an entry of its own.
     pub(crate) async fn local_write(&self, command: Vec<u8>) -> Result<Vec<u8>> {
         self.check_running()?;
+        if let Some(batcher) = &self.inner.batcher {
+            let (reply, rx) = oneshot::channel();
+            batcher
+                .send(Pending { command, reply })
+                .map_err(|_| self.stopped())?;
+            return self
+                .inner
+                .guard
+                .wrap(rx)
+                .await?
+                .map_err(|_| self.stopped())?;
+        }
         let response = self
             .inner
             .guard
-            .wrap(self.inner.raft.client_write(Command(command)))
+            .wrap(self.inner.raft.client_write(Command::One(command)))
             .await?
             .map_err(|e| write_error(&self.inner.id, e))?;
-        Ok(response.data.0)
+        response
+            .data
+            .0
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Fatal {
+                group: self.inner.id.clone(),
+                reason: "no reply to a write".into(),
+            })
     }
 
     /// Replicates `command` and returns the state machine's reply once it is committed and

@@ -20,6 +20,7 @@
 //!   another.
 // openraft's storage and network traits fix their (large) error types
 #![allow(clippy::result_large_err)]
+mod batch;
 mod config;
 mod error;
 mod group;

@@ -21,6 +21,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use vault::VaultManager;
 
 use crate::{
+    batch,
     config::RaftConfiguration,
     error::{Error, Result},
     group::{to_rejection, GroupInner, GroupMetrics, RaftGroup, Role},
@@ -232,6 +233,7 @@ impl RaftManager {
             messaging: self.network.messaging(),
             topology: self.network.topology(),
         };
+        let batching = state_machine.batching();
         let sm = StateMachineStore::new(group_id, state_machine, Arc::clone(&log));
         let raft = Raft::new(
             node_id(&local),
@@ -245,6 +247,12 @@ impl RaftManager {
             group: group_id.to_owned(),
             reason: e.to_string(),
         })?;
+        let (batch_tx, batch_rx) = if batching {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let group = RaftGroup {
             inner: Arc::new(GroupInner {
                 id: group_id.to_owned(),
@@ -254,6 +262,7 @@ impl RaftManager {
                 messaging: self.network.messaging(),
                 topology: self.network.topology(),
                 guard: self.shared.guard.clone(),
+                batcher: batch_tx,
             }),
         };
         if members.voters.contains(&local) {
@@ -284,6 +293,15 @@ impl RaftManager {
             }
         }
         let cancel = self.cancel.child_token();
+        if let Some(rx) = batch_rx {
+            spawn_supervised(
+                &self.tracker,
+                &faults,
+                NAME,
+                &format!("group {group_id} write batches"),
+                batch::run(Arc::from(group_id), raft.clone(), rx, cancel.clone()),
+            );
+        }
         spawn_supervised(
             &self.tracker,
             &faults,

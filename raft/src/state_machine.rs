@@ -20,7 +20,7 @@ use crate::{
     log_store::{flush, read_meta, write_meta},
     storage::{LogStorage, MetaKey},
     types::{
-        Entry, LogId, LogPosition, Response, SnapshotMeta, StorageError, StoredMembership,
+        Command, Entry, LogId, LogPosition, Response, SnapshotMeta, StorageError, StoredMembership,
         TypeConfig,
     },
 };
@@ -34,6 +34,27 @@ pub trait StateMachine: Send + Sync + 'static {
     fn last_applied(&self) -> Result<Option<LogPosition>, BoxError>;
     /// Apply one committed command, persisting its effect and `position` atomically.
     fn apply(&self, position: LogPosition, command: &[u8]) -> Result<Vec<u8>, BoxError>;
+    /// Whether writes to the group may be batched: concurrent writes on the leader then
+    /// share one log entry (one append and one fsync per replica) and are applied through
+    /// [`apply_batch`](Self::apply_batch). Read once when the group starts. Default: no.
+    fn batching(&self) -> bool {
+        false
+    }
+    /// Apply the commands of one committed entry at `position`, in order; one reply per
+    /// command. Only entries of a [`batching`](Self::batching) group hold several commands.
+    ///
+    /// A crash part-way must not lose commands: either `position` is recorded only with the
+    /// effect of the last command (so the whole entry is replayed, and replaying a command
+    /// already applied changes nothing and gives its first reply), or the batch is applied
+    /// atomically. The default applies each command with `position`, which is right only
+    /// for a single command.
+    fn apply_batch(
+        &self,
+        position: LogPosition,
+        commands: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>, BoxError> {
+        commands.iter().map(|c| self.apply(position, c)).collect()
+    }
     /// An entry without a command (blank, membership) still advances `last_applied`.
     fn advance(&self, position: LogPosition) -> Result<(), BoxError>;
     /// The full state as of `last_applied`, for a snapshot.
@@ -185,11 +206,28 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let id = entry.log_id;
             let pos = LogPosition::from(&id);
             let reply = match entry.payload {
-                EntryPayload::Normal(command) => {
+                EntryPayload::Normal(Command::One(command)) => {
                     let _serial = shared.lock.lock();
-                    shared.sm.apply(pos, &command.0).map_err(|e| {
+                    vec![shared.sm.apply(pos, &command).map_err(|e| {
                         StorageIOError::apply(id, sm_err(&shared.group, "apply", &e))
-                    })?
+                    })?]
+                }
+                EntryPayload::Normal(Command::Batch(commands)) => {
+                    let _serial = shared.lock.lock();
+                    let replies = shared.sm.apply_batch(pos, &commands).map_err(|e| {
+                        StorageIOError::apply(id, sm_err(&shared.group, "apply batch", &e))
+                    })?;
+                    if replies.len() != commands.len() {
+                        let e: BoxError =
+                            format!("{} replies to {} commands", replies.len(), commands.len())
+                                .into();
+                        return Err(StorageIOError::apply(
+                            id,
+                            sm_err(&shared.group, "apply batch", &e),
+                        )
+                        .into());
+                    }
+                    replies
                 }
                 EntryPayload::Membership(membership) => {
                     // the membership first: a crash before `advance` re-applies this entry
@@ -265,5 +303,106 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+    use crate::{storage::MemoryLogStorage, testing::MemoryStateMachine};
+
+    fn entry(index: u64, payload: EntryPayload<TypeConfig>) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+            payload,
+        }
+    }
+
+    fn reply(bytes: &[u8]) -> Option<String> {
+        MemoryStateMachine::decode_reply(bytes)
+    }
+
+    #[tokio::test]
+    async fn batch_entries_answer_every_command_in_order() {
+        let sm = Arc::new(MemoryStateMachine::new());
+        let mut store = StateMachineStore::new(
+            "g",
+            Arc::clone(&sm) as Arc<dyn StateMachine>,
+            Arc::new(MemoryLogStorage::new()),
+        );
+        let entries = vec![
+            entry(
+                1,
+                EntryPayload::Normal(Command::One(MemoryStateMachine::put("a", "1"))),
+            ),
+            entry(2, EntryPayload::Blank),
+            entry(
+                3,
+                EntryPayload::Normal(Command::Batch(vec![
+                    MemoryStateMachine::put("a", "2"),
+                    MemoryStateMachine::put("b", "1"),
+                    MemoryStateMachine::put("a", "3"),
+                ])),
+            ),
+        ];
+        let responses = store.apply(entries).await.unwrap();
+        let decoded: Vec<Vec<Option<String>>> = responses
+            .iter()
+            .map(|r| r.0.iter().map(|b| reply(b)).collect())
+            .collect();
+        assert_eq!(
+            decoded,
+            vec![
+                vec![None],
+                vec![],
+                vec![Some("1".into()), None, Some("2".into())]
+            ]
+        );
+        assert_eq!(sm.get("a"), Some("3".into()));
+        assert_eq!(sm.commands_applied(), 4);
+        assert_eq!(sm.applied_index(), 3);
+        let (applied, _) = store.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(3));
+    }
+
+    /// Answers one reply too few to a batch.
+    struct ShortReplies;
+
+    impl StateMachine for ShortReplies {
+        fn last_applied(&self) -> Result<Option<LogPosition>, BoxError> {
+            Ok(None)
+        }
+        fn apply(&self, _: LogPosition, _: &[u8]) -> Result<Vec<u8>, BoxError> {
+            Ok(Vec::new())
+        }
+        fn apply_batch(&self, _: LogPosition, c: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, BoxError> {
+            Ok(vec![Vec::new(); c.len().saturating_sub(1)])
+        }
+        fn advance(&self, _: LogPosition) -> Result<(), BoxError> {
+            Ok(())
+        }
+        fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
+            Ok(Vec::new())
+        }
+        fn restore(&self, _: LogPosition, _: &[u8]) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wrong_number_of_batch_replies_is_a_storage_error() {
+        let mut store = StateMachineStore::new(
+            "g",
+            Arc::new(ShortReplies),
+            Arc::new(MemoryLogStorage::new()),
+        );
+        let batch = entry(
+            1,
+            EntryPayload::Normal(Command::Batch(vec![b"x".to_vec(), b"y".to_vec()])),
+        );
+        let err = store.apply(vec![batch]).await.unwrap_err();
+        assert!(err.to_string().contains("1 replies to 2 commands"), "{err}");
     }
 }

@@ -70,12 +70,34 @@ impl StateMachine for MemoryStateMachine {
     }
 
     fn apply(&self, position: LogPosition, command: &[u8]) -> Result<Vec<u8>, BoxError> {
-        let (key, value): (String, String) = postcard::from_bytes(command)?;
+        self.apply_batch(position, std::slice::from_ref(&command.to_vec()))?
+            .pop()
+            .ok_or_else(|| "no reply".into())
+    }
+
+    fn batching(&self) -> bool {
+        true
+    }
+
+    /// Atomic: every command of the entry and its position under one lock.
+    fn apply_batch(
+        &self,
+        position: LogPosition,
+        commands: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>, BoxError> {
+        let decoded = commands
+            .iter()
+            .map(|c| postcard::from_bytes::<(String, String)>(c))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut state = self.state.lock();
-        let previous = state.data.insert(key, value);
+        let mut replies = Vec::with_capacity(decoded.len());
+        for (key, value) in decoded {
+            let previous = state.data.insert(key, value);
+            state.commands += 1;
+            replies.push(postcard::to_stdvec(&previous)?);
+        }
         state.applied = Some(position);
-        state.commands += 1;
-        Ok(postcard::to_stdvec(&previous)?)
+        Ok(replies)
     }
 
     fn advance(&self, position: LogPosition) -> Result<(), BoxError> {

@@ -4,13 +4,20 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-/// A command as it travels in the log: opaque bytes for the user's state machine.
+/// The payload of a normal log entry: opaque bytes for the user's state machine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Command(pub(crate) Vec<u8>);
+pub(crate) enum Command {
+    /// One command.
+    One(Vec<u8>),
+    /// Commands of concurrent writes committed together (group commit: one append and one
+    /// fsync per replica for all of them), applied in order.
+    Batch(Vec<Vec<u8>>),
+}
 
-/// The state machine's answer to one applied entry (empty for blank and membership entries).
+/// The state machine's answers to the commands of one applied entry, in order (none for
+/// blank and membership entries).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Response(pub(crate) Vec<u8>);
+pub(crate) struct Response(pub(crate) Vec<Vec<u8>>);
 
 openraft::declare_raft_types!(
     /// Types of every group on this node.

@@ -1,0 +1,189 @@
+//! Group commit of client writes on the leader.
+//!
+//! openraft 0.9 appends each `client_write` as its own log entry and its core waits for that
+//! append to be flushed before it takes the next request, so one-entry-per-write costs one
+//! fsync per write on every replica, one after the other. For a group whose state machine
+//! allows it ([`StateMachine::batching`](crate::StateMachine::batching)), the writes queued
+//! while earlier ones are in flight go into one [`Command::Batch`] entry instead: one append
+//! and one fsync for all of them, the same durability per write.
+use std::sync::Arc;
+
+use futures::{stream::FuturesUnordered, StreamExt};
+use lifecycle::BoxError;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    error::{Error, Result},
+    group::write_error,
+    types::{Command, Raft},
+};
+
+/// Most commands in one entry.
+const MAX_BATCH_COMMANDS: usize = 256;
+/// Most command bytes in one entry (a first command alone may be larger): with
+/// `max_payload_entries` entries per append request, requests stay well under the network's
+/// frame limit.
+const MAX_BATCH_BYTES: usize = 32 * 1024;
+/// Entries submitted and not yet applied: the next batch forms while these replicate.
+const MAX_BATCHES_IN_FLIGHT: usize = 4;
+
+/// A write waiting for its batch.
+pub(crate) struct Pending {
+    pub(crate) command: Vec<u8>,
+    pub(crate) reply: oneshot::Sender<Result<Vec<u8>>>,
+}
+
+/// Forms batches from `rx` and writes them through `raft` until `cancel` (the group stops)
+/// or every sender is gone. Dropped writes see their reply channel closed.
+pub(crate) async fn run(
+    group: Arc<str>,
+    raft: Raft,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    cancel: CancellationToken,
+) -> std::result::Result<(), BoxError> {
+    let mut in_flight = FuturesUnordered::new();
+    // the write that did not fit in the previous batch: the first of the next one
+    let mut carry: Option<Pending> = None;
+    loop {
+        if in_flight.len() < MAX_BATCHES_IN_FLIGHT {
+            if let Some(first) = carry.take() {
+                let batch = collect(first, &mut rx, &mut carry);
+                in_flight.push(submit(Arc::clone(&group), raft.clone(), batch));
+                continue;
+            }
+        }
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Ok(()),
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            first = rx.recv(), if in_flight.len() < MAX_BATCHES_IN_FLIGHT => {
+                let Some(first) = first else { break };
+                let batch = collect(first, &mut rx, &mut carry);
+                in_flight.push(submit(Arc::clone(&group), raft.clone(), batch));
+            }
+        }
+    }
+    // every sender is gone: finish what was submitted
+    tokio::select! {
+        () = cancel.cancelled() => {}
+        () = async { while in_flight.next().await.is_some() {} } => {}
+    }
+    Ok(())
+}
+
+/// `first` plus whatever is queued now, within the batch limits.
+fn collect(
+    first: Pending,
+    rx: &mut mpsc::UnboundedReceiver<Pending>,
+    carry: &mut Option<Pending>,
+) -> Vec<Pending> {
+    let mut bytes = first.command.len();
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH_COMMANDS {
+        let Ok(next) = rx.try_recv() else { break };
+        if bytes + next.command.len() > MAX_BATCH_BYTES {
+            *carry = Some(next);
+            break;
+        }
+        bytes += next.command.len();
+        batch.push(next);
+    }
+    batch
+}
+
+/// Writes one entry holding `batch` and hands each write its reply.
+async fn submit(group: Arc<str>, raft: Raft, batch: Vec<Pending>) {
+    let (mut commands, replies): (Vec<Vec<u8>>, Vec<_>) =
+        batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    metrics::histogram!("ignite_raft_write_batch", "group" => group.to_string())
+        .record(commands.len() as f64);
+    let payload = match commands.len() {
+        1 => Command::One(commands.pop().unwrap_or_default()),
+        _ => Command::Batch(commands),
+    };
+    match raft.client_write(payload).await {
+        Ok(response) if response.data.0.len() == replies.len() => {
+            for (reply, data) in replies.into_iter().zip(response.data.0) {
+                let _ = reply.send(Ok(data));
+            }
+        }
+        Ok(response) => {
+            let reason = format!(
+                "{} replies to a batch of {} commands",
+                response.data.0.len(),
+                replies.len()
+            );
+            for reply in replies {
+                let _ = reply.send(Err(Error::Fatal {
+                    group: group.to_string(),
+                    reason: reason.clone(),
+                }));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(write_error(&group, e.clone())));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Replies = Vec<oneshot::Receiver<Result<Vec<u8>>>>;
+
+    fn queue(sizes: &[usize]) -> (mpsc::UnboundedReceiver<Pending>, Replies) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut replies = Vec::new();
+        for (i, size) in sizes.iter().enumerate() {
+            let (reply, wait) = oneshot::channel();
+            let mut command = vec![0; *size];
+            if let Some(b) = command.first_mut() {
+                *b = i as u8;
+            }
+            tx.send(Pending { command, reply }).unwrap();
+            replies.push(wait);
+        }
+        (rx, replies)
+    }
+
+    fn firsts(batch: &[Pending]) -> Vec<u8> {
+        batch.iter().map(|p| p.command[0]).collect()
+    }
+
+    #[test]
+    fn a_batch_takes_what_is_queued_up_to_the_command_limit() {
+        let (mut rx, _replies) = queue(&vec![10; MAX_BATCH_COMMANDS + 5]);
+        let mut carry = None;
+        let first = rx.try_recv().unwrap();
+        let batch = collect(first, &mut rx, &mut carry);
+        assert_eq!(batch.len(), MAX_BATCH_COMMANDS);
+        assert_eq!(firsts(&batch[..3]), vec![0, 1, 2], "in arrival order");
+        assert!(carry.is_none());
+        let first = rx.try_recv().unwrap();
+        assert_eq!(collect(first, &mut rx, &mut carry).len(), 5);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_batch_stops_at_the_byte_limit_and_carries_the_next_write_over() {
+        let half = MAX_BATCH_BYTES / 2;
+        let (mut rx, _replies) = queue(&[half, half, 1, MAX_BATCH_BYTES * 2, 1]);
+        let mut carry = None;
+        let first = rx.try_recv().unwrap();
+        let batch = collect(first, &mut rx, &mut carry);
+        assert_eq!(firsts(&batch), vec![0, 1]);
+        let next = carry.take().expect("the write that did not fit");
+        assert_eq!(next.command[0], 2);
+        // the carried write starts the next batch; an oversized write travels alone
+        let batch = collect(next, &mut rx, &mut carry);
+        assert_eq!(firsts(&batch), vec![2]);
+        let big = carry.take().expect("the oversized write");
+        let batch = collect(big, &mut rx, &mut carry);
+        assert_eq!(firsts(&batch), vec![3]);
+        assert_eq!(carry.take().map(|p| p.command[0]), Some(4));
+    }
+}
