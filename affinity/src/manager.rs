@@ -10,11 +10,10 @@ use std::{
 
 use async_trait::async_trait;
 use baseline::{BaselineManager, BASELINE_KEY};
-use lifecycle::{spawn_supervised, BoxError, Component, StartContext, StopGuard};
+use lifecycle::{spawn_supervised, BoxError, Component, ComponentRuntime, StartContext, StopGuard};
 use metastorage::{CompareOp, Condition, KeyMatcher, MetaStorageManager, Operation, WatchEvent};
-use parking_lot::Mutex;
 use tokio::sync::Notify;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     assignments::{assignments_key, Assignments, ASSIGNMENTS_PREFIX},
@@ -43,9 +42,7 @@ pub struct AffinityManager {
     registration: std::result::Result<(), String>,
     lifecycle: tokio::sync::Mutex<()>,
     running: AtomicBool,
-    guard: Mutex<StopGuard>,
-    cancel: Mutex<CancellationToken>,
-    tasks: TaskTracker,
+    runtime: ComponentRuntime,
 }
 
 impl AffinityManager {
@@ -74,14 +71,12 @@ impl AffinityManager {
             registration,
             lifecycle: tokio::sync::Mutex::new(()),
             running: AtomicBool::new(false),
-            guard: Mutex::new(StopGuard::for_component(NAME)),
-            cancel: Mutex::new(CancellationToken::new()),
-            tasks: TaskTracker::new(),
+            runtime: ComponentRuntime::new(NAME),
         }
     }
 
     fn enter(&self) -> Result<lifecycle::StopTicket> {
-        let ticket = self.guard.lock().clone().enter()?;
+        let ticket = self.runtime.enter()?;
         if !self.running.load(Ordering::SeqCst) {
             return Err(Error::NotStarted);
         }
@@ -204,43 +199,30 @@ impl AffinityManager {
                 "registering the affinity baseline watch: {reason}"
             ))));
         }
-        let guard = {
-            let mut guard = self.guard.lock();
-            if guard.is_blocked() {
-                *guard = StopGuard::for_component(NAME);
-            }
-            guard.clone()
-        };
-        let cancel = {
-            let mut cancel = self.cancel.lock();
-            if cancel.is_cancelled() {
-                *cancel = CancellationToken::new();
-            }
-            cancel.clone()
-        };
-        self.tasks.reopen();
+        let lifecycle::Run { guard, cancel } = self.runtime.begin();
         let reconcile = Reconcile {
             ms: Arc::clone(&self.ms),
             baseline: Arc::clone(&self.baseline),
             wake: Arc::clone(&self.wake),
             guard,
         };
-        spawn_supervised(&self.tasks, &ctx.faults, NAME, "reconcile", async move {
-            reconcile.run(cancel).await.map_err(BoxError::from)
-        });
+        spawn_supervised(
+            self.runtime.tasks(),
+            &ctx.faults,
+            NAME,
+            "reconcile",
+            async move { reconcile.run(cancel).await.map_err(BoxError::from) },
+        );
         self.running.store(true, Ordering::SeqCst);
         tracing::debug!("affinity started");
         Ok(())
     }
 
     async fn stop_inner(&self) {
-        let guard = self.guard.lock().clone();
-        guard.block().await;
+        self.runtime.block().await;
         let _serial = self.lifecycle.lock().await;
         self.running.store(false, Ordering::SeqCst);
-        self.cancel.lock().cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
+        self.runtime.shutdown().await;
         tracing::debug!("affinity stopped");
     }
 }

@@ -10,12 +10,11 @@ use std::{
 
 use async_trait::async_trait;
 use configuration::ConfigurationManager;
-use lifecycle::{spawn_supervised, BoxError, Component, StartContext, StopGuard};
+use lifecycle::{spawn_supervised, BoxError, Component, ComponentRuntime, StartContext, StopGuard};
 use metastorage::{CompareOp, Condition, KeyMatcher, MetaStorageManager, Operation, WatchEvent};
 use network::NetworkManager;
-use parking_lot::Mutex;
 use tokio::sync::{broadcast::error::RecvError, watch};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     baseline::{Baseline, BASELINE_KEY},
@@ -52,9 +51,7 @@ pub struct BaselineManager {
     registration: std::result::Result<(), String>,
     lifecycle: tokio::sync::Mutex<()>,
     running: AtomicBool,
-    guard: Mutex<StopGuard>,
-    cancel: Mutex<CancellationToken>,
-    tasks: TaskTracker,
+    runtime: ComponentRuntime,
 }
 
 impl BaselineManager {
@@ -85,9 +82,7 @@ impl BaselineManager {
             registration,
             lifecycle: tokio::sync::Mutex::new(()),
             running: AtomicBool::new(false),
-            guard: Mutex::new(StopGuard::for_component(NAME)),
-            cancel: Mutex::new(CancellationToken::new()),
-            tasks: TaskTracker::new(),
+            runtime: ComponentRuntime::new(NAME),
         }
     }
 
@@ -152,7 +147,7 @@ impl BaselineManager {
     }
 
     fn enter(&self) -> Result<lifecycle::StopTicket> {
-        let ticket = self.guard.lock().clone().enter()?;
+        let ticket = self.runtime.enter()?;
         if !self.running.load(Ordering::SeqCst) {
             return Err(Error::NotStarted);
         }
@@ -170,21 +165,7 @@ impl BaselineManager {
             )));
         }
         self.configuration()?;
-        let guard = {
-            let mut guard = self.guard.lock();
-            if guard.is_blocked() {
-                *guard = StopGuard::for_component(NAME);
-            }
-            guard.clone()
-        };
-        let cancel = {
-            let mut cancel = self.cancel.lock();
-            if cancel.is_cancelled() {
-                *cancel = CancellationToken::new();
-            }
-            cancel.clone()
-        };
-        self.tasks.reopen();
+        let lifecycle::Run { guard, cancel } = self.runtime.begin();
         let revision = self.ms.recovery_revision();
         let recovered = Baseline::from_entry(self.ms.get_at(BASELINE_KEY, revision)?.as_ref())?;
         publish(&self.current, &recovered);
@@ -196,21 +177,22 @@ impl BaselineManager {
             current: Arc::clone(&self.current),
             guard,
         };
-        spawn_supervised(&self.tasks, &ctx.faults, NAME, "auto adjust", async move {
-            adjust.run(cancel).await.map_err(BoxError::from)
-        });
+        spawn_supervised(
+            self.runtime.tasks(),
+            &ctx.faults,
+            NAME,
+            "auto adjust",
+            async move { adjust.run(cancel).await.map_err(BoxError::from) },
+        );
         self.running.store(true, Ordering::SeqCst);
         Ok(())
     }
 
     async fn stop_inner(&self) {
-        let guard = self.guard.lock().clone();
-        guard.block().await;
+        self.runtime.block().await;
         let _serial = self.lifecycle.lock().await;
         self.running.store(false, Ordering::SeqCst);
-        self.cancel.lock().cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
+        self.runtime.shutdown().await;
         tracing::debug!("baseline stopped");
     }
 }

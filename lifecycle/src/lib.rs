@@ -1,7 +1,7 @@
 //! Component runtime: the contract every manager implements and the manager that runs them.
 //!
 //! API boundary: [`Component`], [`LifecycleManager`], [`StopGuard`], [`NodeState`],
-//! [`RunLevel`] and the fault channel ([`FaultReporter`], [`spawn_supervised`]).
+//! [`RunLevel`], [`ComponentRuntime`] (restartable guard, token and tasks) and the fault channel ([`FaultReporter`], [`spawn_supervised`]).
 //!
 //! Invariants:
 //! - components start in registration order (the startup graph) and stop in reverse order;
@@ -12,6 +12,7 @@ mod component;
 mod error;
 mod guard;
 mod manager;
+mod runtime;
 mod state;
 mod supervise;
 
@@ -20,6 +21,7 @@ pub use crate::{
     error::{StartError, StopFailure, StopFailureKind, StopReport, Stopping},
     guard::{StopGuard, StopTicket},
     manager::{LifecycleConfig, LifecycleManager, RunOutcome},
+    runtime::{ComponentRuntime, Run},
     state::{NodeState, RunLevel},
     supervise::{spawn_supervised, Fault, FaultReporter},
 };

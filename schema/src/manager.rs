@@ -8,7 +8,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use lifecycle::{BoxError, Component, StartContext, StopGuard, StopTicket};
+use lifecycle::{BoxError, Component, ComponentRuntime, StartContext, StopTicket};
 use metastorage::{
     Condition, Entry, KeyMatcher, MetaStorageManager, Operation, WatchEvent, WatchId,
 };
@@ -203,7 +203,7 @@ pub struct SchemaManager {
     ms: Arc<MetaStorageManager>,
     cache: Arc<Cache>,
     watch: std::result::Result<WatchId, String>,
-    guard: Mutex<StopGuard>,
+    runtime: ComponentRuntime,
     started: Mutex<bool>,
     lifecycle: tokio::sync::Mutex<()>,
 }
@@ -229,14 +229,14 @@ impl SchemaManager {
             ms,
             cache,
             watch,
-            guard: Mutex::new(StopGuard::for_component(NAME)),
+            runtime: ComponentRuntime::new(NAME),
             started: Mutex::new(false),
             lifecycle: tokio::sync::Mutex::new(()),
         }
     }
 
     fn enter(&self) -> Result<StopTicket> {
-        let ticket = self.guard.lock().enter()?;
+        let ticket = self.runtime.enter()?;
         if !*self.started.lock() {
             return Err(Error::NotStarted);
         }
@@ -284,7 +284,7 @@ impl SchemaManager {
         version: u32,
         timeout: Duration,
     ) -> Result<Arc<TableSchema>> {
-        let guard = self.guard.lock().clone();
+        let guard = self.runtime.guard();
         let _ticket = self.enter()?;
         let mut changes = self.cache.changes.subscribe();
         let wait = async {
@@ -308,7 +308,7 @@ impl SchemaManager {
 
     /// Waits up to `timeout` until this node knows that `table` has no schema any more.
     pub async fn wait_dropped(&self, table: &str, timeout: Duration) -> Result<()> {
-        let guard = self.guard.lock().clone();
+        let guard = self.runtime.guard();
         let _ticket = self.enter()?;
         let mut changes = self.cache.changes.subscribe();
         let wait = async {
@@ -539,12 +539,7 @@ impl Component for SchemaManager {
         if let Err(e) = &self.watch {
             return Err(format!("schema watch is not registered: {e}").into());
         }
-        {
-            let mut guard = self.guard.lock();
-            if guard.is_blocked() {
-                *guard = StopGuard::for_component(NAME);
-            }
-        }
+        self.runtime.begin();
         let revision = self.ms.recovery_revision();
         let entries = self
             .ms
@@ -564,8 +559,7 @@ impl Component for SchemaManager {
     async fn stop(&self) -> std::result::Result<(), BoxError> {
         let _serial = self.lifecycle.lock().await;
         *self.started.lock() = false;
-        let guard = self.guard.lock().clone();
-        guard.block().await;
+        self.runtime.block().await;
         Ok(())
     }
 }
