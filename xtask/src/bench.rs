@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: process-level benchmarks of the release `ignite` binary (start, stop,
 //! idle memory of a standalone node), and the crates' own benches (`network`, `metastorage`)
-//! run through `cargo bench`.
+//! run through `cargo bench` (with `PROTOC` set), and `metastorage --vs-etcd`, the side-by-side
+//! run against etcd (`node/benches/vs_etcd.rs`).
 use std::{
     fmt::Write as _,
     fs,
@@ -12,7 +13,10 @@ use std::{
 
 use anyhow::{bail, Context};
 
-use crate::process::{self, Node, PROCESS_DEADLINE};
+use crate::{
+    process::{self, Node, PROCESS_DEADLINE},
+    tools,
+};
 
 /// How long the node sits idle before its RSS is read.
 const IDLE_BEFORE_RSS: Duration = Duration::from_secs(1);
@@ -154,11 +158,41 @@ pub(crate) fn startup(binary: &Path, runs: u32) -> anyhow::Result<()> {
 /// `cargo bench -p <package> --bench <bench>`, output passed through: `cargo xtask bench
 /// network` (the network throughput bench) and `metastorage` (its load generator).
 pub(crate) fn cargo_bench(root: &Path, package: &str, bench: &str) -> anyhow::Result<()> {
+    cargo_bench_with(root, package, bench, &[])
+}
+
+/// `cargo xtask bench metastorage --vs-etcd`: finds `etcd` on `PATH` (else installs Debian's
+/// `etcd-server`), then runs `cargo bench -p node --bench vs_etcd` with `ETCD_BIN` set: etcd and
+/// ignite clusters side by side, driven by the same etcd v3 client, one table.
+pub(crate) fn vs_etcd(root: &Path) -> anyhow::Result<()> {
+    let etcd = tools::require_debian("etcd", "etcd-server")?;
+    println!("bench metastorage --vs-etcd: etcd at {}", etcd.display());
+    cargo_bench_with(
+        root,
+        "node",
+        "vs_etcd",
+        &[("ETCD_BIN", etcd.display().to_string())],
+    )
+}
+
+/// [`cargo_bench`] with extra environment variables for the bench.
+fn cargo_bench_with(
+    root: &Path,
+    package: &str,
+    bench: &str,
+    envs: &[(&str, String)],
+) -> anyhow::Result<()> {
     let command = format!("cargo bench -p {package} --bench {bench}");
     println!("bench {package}: {command}");
-    let status = crate::cargo()
+    let mut cargo = crate::cargo();
+    cargo
         .args(["bench", "-p", package, "--bench", bench])
-        .current_dir(root)
+        .current_dir(root);
+    tools::with_protoc(&mut cargo)?;
+    for (key, value) in envs {
+        cargo.env(key, value);
+    }
+    let status = cargo
         .status()
         .with_context(|| format!("failed to run {command}"))?;
     if !status.success() {

@@ -1,6 +1,7 @@
 //! `cargo xtask ci`: exactly what CI runs. Format check, clippy with warnings denied, the tests
 //! of every workspace crate on its own (so each crate builds and passes alone), then tidy.
-//! Stops at the first failing step.
+//! Stops at the first failing step. Every cargo command gets `PROTOC` (the vendored protoc unless
+//! already set), so the `etcd-client` build script needs no system protoc.
 use std::{
     path::Path,
     process::Command,
@@ -9,7 +10,7 @@ use std::{
 
 use anyhow::{bail, Context};
 
-use crate::{metadata::Workspace, tidy};
+use crate::{metadata::Workspace, tidy, tools};
 
 /// One step of the CI run.
 enum Action {
@@ -105,6 +106,7 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
 fn run_cargo(root: &Path, args: &[String]) -> anyhow::Result<()> {
     let mut command: Command = crate::cargo();
     command.args(args).current_dir(root);
+    tools::with_protoc(&mut command)?;
     let status = command
         .status()
         .with_context(|| format!("failed to run cargo {}", args.join(" ")))?;

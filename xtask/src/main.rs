@@ -9,6 +9,7 @@ mod http;
 mod metadata;
 mod process;
 mod tidy;
+mod tools;
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +40,11 @@ enum Command {
         /// Use this `ignite` binary instead of building it in release mode.
         #[arg(long, value_name = "PATH")]
         binary: Option<PathBuf>,
+        /// With `metastorage`: run etcd and ignite clusters side by side through the same etcd
+        /// v3 client (`cargo bench -p node --bench vs_etcd`; installs Debian's etcd-server if
+        /// `etcd` is missing).
+        #[arg(long)]
+        vs_etcd: bool,
     },
     /// Starts and initializes a local cluster of `ignite` processes on loopback until Ctrl-C
     /// (configs, data and logs in `target/cluster/<node>/`).
@@ -71,7 +77,15 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Ci => ci::run(&root),
         Command::Tidy => tidy::run(&root),
-        Command::Bench { name, runs, binary } => {
+        Command::Bench {
+            name,
+            runs,
+            binary,
+            vs_etcd,
+        } => {
+            if vs_etcd && name != Some(BenchName::Metastorage) {
+                anyhow::bail!("--vs-etcd goes with `cargo xtask bench metastorage`");
+            }
             let names = match name {
                 Some(name) => vec![name],
                 None => vec![
@@ -87,6 +101,7 @@ fn main() -> anyhow::Result<()> {
                         bench::startup(&binary, runs)?;
                     }
                     BenchName::Network => bench::cargo_bench(&root, "network", "throughput")?,
+                    BenchName::Metastorage if vs_etcd => bench::vs_etcd(&root)?,
                     BenchName::Metastorage => bench::cargo_bench(&root, "metastorage", "load")?,
                 }
             }
