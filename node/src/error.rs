@@ -29,6 +29,9 @@ pub enum Error {
     /// MetaStorage or cluster init failed.
     #[error(transparent)]
     MetaStorage(#[from] metastorage::Error),
+    /// A run level change was refused (the message says why).
+    #[error("run level: {0}")]
+    RunLevel(String),
     /// The vault failed.
     #[error(transparent)]
     Vault(#[from] vault::Error),

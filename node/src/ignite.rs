@@ -462,6 +462,56 @@ impl IgniteImpl {
         Ok(self.inner.metastorage.cluster_state().await?)
     }
 
+    /// The highest run level whose components all run (`None` before the first start).
+    pub fn run_level(&self) -> Option<RunLevel> {
+        self.inner.lifecycle.run_level()
+    }
+
+    /// Move the node to `level` (DESIGN section 5) and return the level reached.
+    ///
+    /// Down to `metastorage` stops the table layer (tables, partition replicas, schema,
+    /// affinity, baseline) in reverse order; the node stays `STARTED` and keeps serving
+    /// MetaStorage and configuration. Back up to `ready` restarts them: each rebuilds its
+    /// state from MetaStorage and follows watches from where it left off. `zombie` is the
+    /// level of a node before init; an initialized node leaves it only by stopping.
+    pub async fn set_run_level(&self, level: RunLevel) -> Result<RunLevel> {
+        let state = self.state();
+        let current = self.run_level();
+        match state {
+            NodeState::Started => {}
+            NodeState::Zombie if level == RunLevel::Zombie => return Ok(RunLevel::Zombie),
+            NodeState::Zombie => {
+                return Err(Error::RunLevel(format!(
+                "cannot move to {level}: the cluster is not initialized, run `ignite cluster init`"
+            )))
+            }
+            other => {
+                return Err(Error::RunLevel(format!(
+                    "cannot move to {level} while the node is {other}"
+                )))
+            }
+        }
+        if level == RunLevel::Zombie {
+            return Err(Error::RunLevel(
+                "cannot move an initialized node down to zombie: stop the node instead".into(),
+            ));
+        }
+        let lifecycle = &self.inner.lifecycle;
+        match current {
+            Some(current) if current == level => {}
+            Some(current) if current > level => {
+                lifecycle.stop_above(level, NodeState::Started).await?;
+                tracing::info!(from = %current, to = %level, "run level lowered");
+            }
+            _ => {
+                lifecycle.start_up_to(level, NodeState::Started).await?;
+                tracing::info!(from = ?current, to = %level, "run level raised");
+            }
+        }
+        self.run_level()
+            .ok_or_else(|| Error::RunLevel(format!("the node did not reach {level}")))
+    }
+
     /// Wait until the node state satisfies `pred`, up to `timeout`.
     pub async fn wait_for_state(
         &self,

@@ -8,7 +8,7 @@
 use std::{collections::HashMap, ops::Bound, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use lifecycle::{BoxError, Component, StartContext, StopGuard};
+use lifecycle::{BoxError, Component, ComponentRuntime, StartContext};
 use network::{Message, MessagingService, NetworkManager, TopologyService};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -138,7 +138,7 @@ fn rejection(e: Error) -> Rejection {
 /// What the handler and the clients share.
 pub(crate) struct ServiceShared {
     partitions: RwLock<HashMap<(String, u32), Partition>>,
-    guard: StopGuard,
+    runtime: ComponentRuntime,
     messaging: MessagingService,
     topology: TopologyService,
 }
@@ -149,8 +149,9 @@ impl ServiceShared {
     }
 
     pub(crate) fn check_running(&self) -> Result<()> {
-        if self.guard.is_blocked() {
-            return Err(Error::Stopping(self.guard.error()));
+        let guard = self.runtime.guard();
+        if guard.is_blocked() {
+            return Err(Error::Stopping(guard.error()));
         }
         Ok(())
     }
@@ -192,7 +193,7 @@ impl ServiceShared {
     }
 
     async fn handle(&self, message: PartitionMessage) -> PartitionReply {
-        let ticket = self.guard.enter();
+        let ticket = self.runtime.enter();
         match message {
             PartitionMessage::Read(request) => PartitionReply::Read(match ticket {
                 Err(stopping) => Err(Rejection::Retry(stopping.to_string())),
@@ -221,14 +222,14 @@ impl ServiceShared {
         let partition = self.replica(&request.table_id, request.partition)?;
         let deadline = Instant::now() + Duration::from_millis(request.timeout_ms);
         let fut = partition.read_until(request.op, deadline);
-        self.guard.wrap(fut).await?
+        self.runtime.guard().wrap(fut).await?
     }
 
     async fn write(&self, request: WriteRequest) -> Result<PartitionResponse> {
         let partition = self.replica(&request.table_id, request.partition)?;
         let deadline = Instant::now() + Duration::from_millis(request.timeout_ms);
         let fut = partition.execute_until(request.command, deadline);
-        self.guard.wrap(fut).await?
+        self.runtime.guard().wrap(fut).await?
     }
 }
 
@@ -250,7 +251,7 @@ impl PartitionService {
     pub fn new(network: &NetworkManager) -> Self {
         let shared = Arc::new(ServiceShared {
             partitions: RwLock::new(HashMap::new()),
-            guard: StopGuard::for_component(NAME),
+            runtime: ComponentRuntime::new(NAME),
             messaging: network.messaging(),
             topology: network.topology(),
         });
@@ -331,12 +332,13 @@ impl Component for PartitionService {
                 "registering the partition message handler: {reason}"
             ))));
         }
-        self.shared.check_running()?;
+        // a restart (run level back up) serves again with a fresh guard
+        self.shared.runtime.begin();
         Ok(())
     }
 
     async fn stop(&self) -> std::result::Result<(), BoxError> {
-        self.shared.guard.block().await;
+        self.shared.runtime.block().await;
         self.shared.partitions.write().clear();
         tracing::info!("partition service stopped");
         Ok(())

@@ -104,6 +104,33 @@ impl Client {
         Ok(0)
     }
 
+    pub(crate) async fn node_runlevel(&self, level: Option<&str>) -> anyhow::Result<i32> {
+        const PATH: &str = "/management/v1/node/runlevel";
+        let v = match level {
+            None => self.call(Method::GET, PATH, None).await?,
+            Some(level) => {
+                let progress = spinner(self.output, "changing the run level");
+                let v = self
+                    .call(
+                        Method::PUT,
+                        PATH,
+                        Some(&serde_json::json!({ "runlevel": level })),
+                    )
+                    .await;
+                progress.finish_and_clear();
+                v?
+            }
+        };
+        self.print(&v, |v| {
+            format!(
+                "runlevel: {} (state {})",
+                str_of(&v["runlevel"]),
+                str_of(&v["state"])
+            )
+        });
+        Ok(0)
+    }
+
     pub(crate) async fn node_info(&self) -> anyhow::Result<i32> {
         let v = self
             .call(Method::GET, "/management/v1/node/info", None)

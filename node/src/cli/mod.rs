@@ -123,6 +123,13 @@ enum NodeCommand {
     State,
     /// Name, version, state, addresses and uptime.
     Info,
+    /// Show the run level, or move the node to LEVEL (`metastorage` stops the table layer for
+    /// maintenance, `ready` starts it again).
+    Runlevel {
+        /// `zombie`, `metastorage` or `ready`.
+        #[arg(value_parser = ["zombie", "metastorage", "ready"])]
+        level: Option<String>,
+    },
     /// Node-local configuration.
     Config {
         #[command(subcommand)]
@@ -201,6 +208,7 @@ impl Cli {
                     match command {
                         NodeCommand::State => c.node_state().await,
                         NodeCommand::Info => c.node_info().await,
+                        NodeCommand::Runlevel { level } => c.node_runlevel(level.as_deref()).await,
                         NodeCommand::Config {
                             command: ConfigCommand::Show { path },
                         } => {

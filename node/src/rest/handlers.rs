@@ -19,6 +19,10 @@ pub(super) fn router(ignite: IgniteImpl) -> Router {
         .route("/metrics", get(metrics))
         .route("/management/v1/node/state", get(node_state))
         .route(
+            "/management/v1/node/runlevel",
+            get(runlevel_get).put(runlevel_set),
+        )
+        .route(
             "/management/v1/cluster/topology/logical",
             get(topology_logical),
         )
@@ -318,6 +322,45 @@ async fn baseline_set(State(ignite): State<IgniteImpl>, body: Bytes) -> ApiResul
         Problem::new(status, e.to_string())
     })?;
     Ok(Json(json!({ "nodes": b.nodes, "revision": b.revision })).into_response())
+}
+
+fn runlevel_body(ignite: &IgniteImpl) -> Response {
+    Json(json!({
+        "runlevel": ignite.run_level().map(lifecycle::RunLevel::as_str),
+        "state": ignite.state(),
+    }))
+    .into_response()
+}
+
+async fn runlevel_get(State(ignite): State<IgniteImpl>) -> Response {
+    runlevel_body(&ignite)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunLevelBody {
+    runlevel: lifecycle::RunLevel,
+}
+
+async fn runlevel_set(State(ignite): State<IgniteImpl>, body: Bytes) -> ApiResult {
+    let _t = guard(&ignite)?;
+    let body: RunLevelBody = serde_json::from_slice(&body).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "request body: {e} (expected {{\"runlevel\": \"zombie\" | \"metastorage\" | \"ready\"}})"
+            ),
+        )
+    })?;
+    ignite.set_run_level(body.runlevel).await.map_err(|e| {
+        let status = match &e {
+            crate::Error::RunLevel(_)
+            | crate::Error::Start(lifecycle::StartError::InvalidState(_)) => StatusCode::CONFLICT,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Problem::new(status, e.to_string())
+    })?;
+    Ok(runlevel_body(&ignite))
 }
 
 /// `network/seeds` and `network.seeds` both name the key `network.seeds`.

@@ -30,6 +30,20 @@ impl Rest {
         .await
     }
 
+    async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &str,
+    ) -> (u16, String, String) {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        self.send(
+            req.header("content-type", "application/json")
+                .body(body.to_owned()),
+        )
+        .await
+    }
+
     /// (status, content type, body)
     async fn send(&self, req: reqwest::RequestBuilder) -> (u16, String, String) {
         let r = req.send().await.unwrap();
@@ -215,4 +229,112 @@ async fn a_bad_override_is_refused_before_anything_starts() {
     let options = NodeOptions::standalone("bad", dir.path()).with("rest.nosuch", 1);
     let err = IgniteImpl::start(options).await.unwrap_err().to_string();
     assert!(err.contains("rest.nosuch"), "{err}");
+}
+
+#[tokio::test]
+async fn run_level_moves_down_for_maintenance_and_back_up_with_rows_intact() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let ignite = IgniteImpl::start(NodeOptions::standalone("lvl", dir.path()))
+        .await
+        .unwrap();
+    let rest = Rest::of(&ignite);
+    let (s, _, body) = rest.get("/management/v1/node/runlevel").await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        json(&body),
+        json!({"runlevel": "ready", "state": "STARTED"})
+    );
+
+    let (s, _, body) = rest
+        .send_json(
+            Method::POST,
+            "/v1/tables",
+            r#"{"name": "t", "key": [{"name": "id", "type": "int64"}],
+                "columns": [{"name": "v", "type": "string"}], "partitions": 2, "replicas": 1}"#,
+        )
+        .await;
+    assert!(s == 200 || s == 201, "create: {s} {body}");
+    let (s, _, body) = rest
+        .send_json(Method::PUT, "/v1/tables/t/rows", r#"{"id": 1, "v": "one"}"#)
+        .await;
+    assert_eq!(s, 200, "{body}");
+
+    // down to metastorage: the table layer stops, MetaStorage and configuration keep serving
+    let (s, _, body) = rest
+        .send_json(
+            Method::PUT,
+            "/management/v1/node/runlevel",
+            r#"{"runlevel": "metastorage"}"#,
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        json(&body),
+        json!({"runlevel": "metastorage", "state": "STARTED"})
+    );
+    assert_eq!(ignite.run_level(), Some(lifecycle::RunLevel::Metastorage));
+    ignite
+        .metastorage()
+        .put(b"maintenance".to_vec(), b"on".to_vec())
+        .await
+        .unwrap();
+    let (s, _, body) = rest
+        .send_json(Method::POST, "/v1/tables/t/get", r#"{"key": {"id": 1}}"#)
+        .await;
+    assert!(
+        s >= 400,
+        "rows are not served while the table layer is down: {s} {body}"
+    );
+
+    // refused moves say why and change nothing
+    let (s, _, body) = rest
+        .send_json(
+            Method::PUT,
+            "/management/v1/node/runlevel",
+            r#"{"runlevel": "zombie"}"#,
+        )
+        .await;
+    assert_eq!(s, 409, "{body}");
+    assert!(
+        json(&body)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("stop the node instead"),
+        "{body}"
+    );
+    let (s, _, body) = rest
+        .send_json(
+            Method::PUT,
+            "/management/v1/node/runlevel",
+            r#"{"runlevel": "up"}"#,
+        )
+        .await;
+    assert_eq!(s, 400, "{body}");
+    assert!(
+        json(&body)["detail"].as_str().unwrap().contains("runlevel"),
+        "{body}"
+    );
+    assert_eq!(ignite.run_level(), Some(lifecycle::RunLevel::Metastorage));
+
+    // back up: the row written before is there and writes work again
+    let (s, _, body) = rest
+        .send_json(
+            Method::PUT,
+            "/management/v1/node/runlevel",
+            r#"{"runlevel": "ready"}"#,
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(json(&body)["runlevel"], "ready");
+    let (s, _, body) = rest
+        .send_json(Method::POST, "/v1/tables/t/get", r#"{"key": {"id": 1}}"#)
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(json(&body)["row"], json!({"id": 1, "v": "one"}));
+    let (s, _, body) = rest
+        .send_json(Method::PUT, "/v1/tables/t/rows", r#"{"id": 2, "v": "two"}"#)
+        .await;
+    assert_eq!(s, 200, "{body}");
+    ignite.stop().await;
 }

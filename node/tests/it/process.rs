@@ -26,6 +26,20 @@ fn standalone_node_starts_answers_and_exits_zero_on_sigterm() {
     assert_eq!(info["standalone"], true);
     assert_eq!(info["pid"], node.pid());
 
+    let (code, out, err) = run_cli(&["node", "runlevel", "metastorage", "--url", &node.url()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "runlevel: metastorage (state STARTED)");
+    let (code, out, err) = run_cli(&["node", "runlevel", "--url", &node.url(), "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let level: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(level["runlevel"], "metastorage");
+    let (code, _, err) = run_cli(&["node", "runlevel", "zombie", "--url", &node.url()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("stop the node instead"), "{err}");
+    let (code, out, err) = run_cli(&["node", "runlevel", "ready", "--url", &node.url()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "runlevel: ready (state STARTED)");
+
     let log_before = node.log();
     let status = node.terminate();
     assert_eq!(status.code(), Some(0), "SIGTERM exits 0; log: {log_before}");
