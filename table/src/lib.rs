@@ -7,8 +7,8 @@
 //! the log carries and how it is applied); [`Partition`] (a local replica's handle) and
 //! [`PartitionService`] (serves remote requests and routes a node's requests to replicas);
 //! [`TableManager`] (the `table` component: table definitions in MetaStorage under
-//! `tables/<name>`, local replicas of the assigned partitions) and [`Table`] (the record
-//! view, JSON rows).
+//! `tables/<name>`, local replicas of the assigned partitions), [`Table`] (the record
+//! view, JSON rows) and [`KeyValueView`] (the same rows as JSON key and value objects).
 //!
 //! Invariants:
 //! - rows, the command-id window and the applied log position change in one atomic batch;
@@ -20,6 +20,7 @@
 mod client;
 mod command;
 mod error;
+mod kv_view;
 mod manager;
 mod partition;
 mod service;
@@ -32,6 +33,7 @@ pub use crate::{
     client::PartitionClient,
     command::{CommandId, PartitionCommand, PartitionOp, PartitionResponse},
     error::{Error, Result},
+    kv_view::KeyValueView,
     manager::{table_key, TableInfo, TableManager, TABLES_PREFIX},
     partition::{partition_group_id, Partition},
     service::{

@@ -1,8 +1,14 @@
 //! [`Table`]: the record view of one table. Rows cross it as JSON objects; inside they are
 //! `schema`'s encodings (order-preserving key bytes, compact row bytes) routed to the
 //! partition `hash(key bytes) % partitions`.
-use std::{collections::BTreeMap, ops::Bound, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    ops::Bound,
+    sync::Arc,
+};
 
+use futures::future::try_join_all;
+use parking_lot::Mutex;
 use schema::{encode_key, encode_row, key_from_json, Row, TableSchema};
 use serde_json::Value as Json;
 
@@ -32,6 +38,8 @@ pub fn partition_of(key: &[u8], partitions: u32) -> u32 {
 pub struct Table {
     shared: Arc<Shared>,
     info: TableInfo,
+    /// Partition clients by partition, shared by clones.
+    clients: Arc<Mutex<HashMap<u32, PartitionClient>>>,
 }
 
 impl std::fmt::Debug for Table {
@@ -42,7 +50,11 @@ impl std::fmt::Debug for Table {
 
 impl Table {
     pub(crate) fn new(shared: Arc<Shared>, info: TableInfo) -> Self {
-        Self { shared, info }
+        Self {
+            shared,
+            info,
+            clients: Arc::default(),
+        }
     }
 
     /// The table's definition.
@@ -50,11 +62,13 @@ impl Table {
         &self.info
     }
 
-    fn schema(&self) -> Result<Arc<TableSchema>> {
+    pub(crate) fn schema(&self) -> Result<Arc<TableSchema>> {
         Ok(self.shared.schema.latest(&self.info.name)?)
     }
 
-    fn client(&self, partition: u32) -> Result<PartitionClient> {
+    /// The client of `partition`: cached per partition while its replicas stay the same, so
+    /// it keeps its command-id sequence and the replica that answered last.
+    pub(crate) fn client(&self, partition: u32) -> Result<PartitionClient> {
         let replicas = self
             .shared
             .catalog
@@ -63,54 +77,160 @@ impl Table {
             .ok_or_else(|| Error::TableNotFound {
                 table: self.info.name.clone(),
             })?;
-        Ok(self
+        let mut clients = self.clients.lock();
+        if let Some(client) = clients.get(&partition) {
+            if client.replicas() == replicas.as_slice() {
+                return Ok(client.clone());
+            }
+        }
+        let client = self
             .shared
             .service
-            .client(&self.info.id, partition, replicas))
+            .client(&self.info.id, partition, replicas);
+        clients.insert(partition, client.clone());
+        Ok(client)
     }
 
     fn encode(&self, schema: &TableSchema, row: &Json) -> Result<(u32, Vec<u8>, Vec<u8>)> {
         let row = Row::from_json(schema, row)?;
+        self.encode_row(schema, &row)
+    }
+
+    /// The partition, key bytes and row bytes of a checked row.
+    pub(crate) fn encode_row(
+        &self,
+        schema: &TableSchema,
+        row: &Row,
+    ) -> Result<(u32, Vec<u8>, Vec<u8>)> {
         let key = encode_key(schema, &row.key(schema))?;
-        let value = encode_row(schema, &row)?;
+        let value = encode_row(schema, row)?;
         Ok((partition_of(&key, self.info.partitions), key, value))
     }
 
-    fn encode_key(&self, schema: &TableSchema, key: &Json) -> Result<(u32, Vec<u8>)> {
+    /// The partition and key bytes of a JSON key (an object of the key columns, or a bare
+    /// value for a one-column key).
+    pub(crate) fn encode_key(&self, schema: &TableSchema, key: &Json) -> Result<(u32, Vec<u8>)> {
         let key = encode_key(schema, &key_from_json(schema, key)?)?;
         Ok((partition_of(&key, self.info.partitions), key))
     }
 
-    fn decode(&self, bytes: &[u8]) -> Result<Json> {
+    /// A stored row read through the current schema, with that schema.
+    pub(crate) fn decode_row(&self, bytes: &[u8]) -> Result<(Row, Arc<TableSchema>)> {
         let row = self.shared.schema.read_row(&self.info.name, bytes)?;
-        let schema = self.schema()?;
+        let schema = self.shared.schema.schema(&self.info.name, row.version())?;
+        Ok((row, schema))
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Json> {
+        let (row, schema) = self.decode_row(bytes)?;
         Ok(row.to_json(&schema))
     }
 
-    /// Inserts or replaces the row (a JSON object of column values).
+    /// Writes encoded `(partition, key, row)` triples: one command per partition, the
+    /// partitions in parallel. Each partition's command is atomic; the whole is not.
+    pub(crate) async fn write_partitioned(&self, rows: Vec<(u32, Vec<u8>, Vec<u8>)>) -> Result<()> {
+        let mut by_partition: BTreeMap<u32, Vec<KeyValue>> = BTreeMap::new();
+        for (p, key, value) in rows {
+            by_partition.entry(p).or_default().push((key, value));
+        }
+        let mut writes = Vec::with_capacity(by_partition.len());
+        for (p, rows) in by_partition {
+            let client = self.client(p)?;
+            writes.push(async move { client.upsert_all(rows).await });
+        }
+        try_join_all(writes).await?;
+        Ok(())
+    }
+
+    /// Reads encoded `(partition, key)` pairs: one read per partition, the partitions in
+    /// parallel; the values come back in the order of `keys`.
+    pub(crate) async fn read_partitioned(
+        &self,
+        keys: Vec<(u32, Vec<u8>)>,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let count = keys.len();
+        let mut by_partition: BTreeMap<u32, (Vec<usize>, Vec<Vec<u8>>)> = BTreeMap::new();
+        for (i, (p, key)) in keys.into_iter().enumerate() {
+            let slot = by_partition.entry(p).or_default();
+            slot.0.push(i);
+            slot.1.push(key);
+        }
+        let mut reads = Vec::with_capacity(by_partition.len());
+        for (p, (indexes, keys)) in by_partition {
+            let client = self.client(p)?;
+            reads.push(async move {
+                let values = client.get_all(keys).await?;
+                Ok::<_, Error>((indexes, values))
+            });
+        }
+        let mut out = vec![None; count];
+        for (indexes, values) in try_join_all(reads).await? {
+            for (i, value) in indexes.into_iter().zip(values) {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = value;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes encoded `(partition, key)` pairs: one command per partition, the partitions
+    /// in parallel; for each key, in the order of `keys`, whether it existed.
+    pub(crate) async fn delete_partitioned(&self, keys: Vec<(u32, Vec<u8>)>) -> Result<Vec<bool>> {
+        let count = keys.len();
+        let mut by_partition: BTreeMap<u32, (Vec<usize>, Vec<Vec<u8>>)> = BTreeMap::new();
+        for (i, (p, key)) in keys.into_iter().enumerate() {
+            let slot = by_partition.entry(p).or_default();
+            slot.0.push(i);
+            slot.1.push(key);
+        }
+        let mut deletes = Vec::with_capacity(by_partition.len());
+        for (p, (indexes, keys)) in by_partition {
+            let client = self.client(p)?;
+            deletes.push(async move {
+                let existed = client.delete_all(keys).await?;
+                Ok::<_, Error>((indexes, existed))
+            });
+        }
+        let mut out = vec![false; count];
+        for (indexes, existed) in try_join_all(deletes).await? {
+            for (i, existed) in indexes.into_iter().zip(existed) {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = existed;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Inserts or replaces the row (a JSON object of column values); nothing is written if
+    /// the row does not fit the schema.
     pub async fn upsert(&self, row: &Json) -> Result<()> {
         let schema = self.schema()?;
         let (p, key, value) = self.encode(&schema, row)?;
         self.client(p)?.upsert(key, value).await
     }
 
-    /// Inserts or replaces every row; all are encoded before anything is written, and each
-    /// partition's rows are written in one command.
+    /// Inserts or replaces every row.
+    ///
+    /// Every row is checked and encoded before anything is sent: one bad row (unknown
+    /// column, wrong type, missing key column) fails the call with nothing written. Rows are
+    /// then grouped by partition and the partitions written in parallel, one command each:
+    /// each partition's rows are applied atomically, but the call as a whole is not, so an
+    /// error (a timeout, say) may leave some partitions written and others not. Retrying the
+    /// same rows is safe (an upsert is idempotent). Of two rows with the same key, the later
+    /// one wins.
     pub async fn upsert_all(&self, rows: &[Json]) -> Result<()> {
         let schema = self.schema()?;
-        let mut by_partition: BTreeMap<u32, Vec<KeyValue>> = BTreeMap::new();
-        for row in rows {
-            let (p, key, value) = self.encode(&schema, row)?;
-            by_partition.entry(p).or_default().push((key, value));
-        }
-        for (p, rows) in by_partition {
-            self.client(p)?.upsert_all(rows).await?;
-        }
-        Ok(())
+        let encoded = rows
+            .iter()
+            .map(|row| self.encode(&schema, row))
+            .collect::<Result<Vec<_>>>()?;
+        self.write_partitioned(encoded).await
     }
 
-    /// The row with the key columns of `key` (a JSON object), read through the current
-    /// schema.
+    /// The row with the key columns of `key` (a JSON object, or a bare value for a
+    /// one-column key), read through the current schema.
     pub async fn get(&self, key: &Json) -> Result<Option<Json>> {
         let schema = self.schema()?;
         let (p, key) = self.encode_key(&schema, key)?;
@@ -120,26 +240,19 @@ impl Table {
         }
     }
 
-    /// The rows of `keys`, in the same order (`None` where absent).
+    /// The rows of `keys`, in the same order (`None` where absent). Every key is checked
+    /// before anything is read; the partitions are read in parallel, each linearizably.
     pub async fn get_all(&self, keys: &[Json]) -> Result<Vec<Option<Json>>> {
         let schema = self.schema()?;
-        let mut by_partition: BTreeMap<u32, (Vec<usize>, Vec<Vec<u8>>)> = BTreeMap::new();
-        for (i, key) in keys.iter().enumerate() {
-            let (p, key) = self.encode_key(&schema, key)?;
-            let slot = by_partition.entry(p).or_default();
-            slot.0.push(i);
-            slot.1.push(key);
-        }
-        let mut out = vec![None; keys.len()];
-        for (p, (indexes, keys)) in by_partition {
-            let values = self.client(p)?.get_all(keys).await?;
-            for (i, value) in indexes.into_iter().zip(values) {
-                if let Some(bytes) = value {
-                    out[i] = Some(self.decode(&bytes)?);
-                }
-            }
-        }
-        Ok(out)
+        let encoded = keys
+            .iter()
+            .map(|key| self.encode_key(&schema, key))
+            .collect::<Result<Vec<_>>>()?;
+        self.read_partitioned(encoded)
+            .await?
+            .into_iter()
+            .map(|value| value.map(|bytes| self.decode(&bytes)).transpose())
+            .collect()
     }
 
     /// Deletes the row with the key of `key`; true if it existed.
@@ -149,7 +262,8 @@ impl Table {
         self.client(p)?.delete(key).await
     }
 
-    /// Up to `limit` rows in key order: of one partition, or of all partitions merged.
+    /// Up to `limit` rows in key order: of one partition, or of all partitions (read in
+    /// parallel) merged.
     pub async fn scan(&self, partition: Option<u32>, limit: u32) -> Result<Vec<Json>> {
         let partitions: Vec<u32> = match partition {
             Some(p) if p < self.info.partitions => vec![p],
@@ -162,10 +276,12 @@ impl Table {
             }
             None => (0..self.info.partitions).collect(),
         };
-        let mut rows: Vec<KeyValue> = Vec::new();
+        let mut scans = Vec::with_capacity(partitions.len());
         for p in partitions {
-            rows.extend(self.client(p)?.scan(Bound::Unbounded, limit).await?);
+            let client = self.client(p)?;
+            scans.push(async move { client.scan(Bound::Unbounded, limit).await });
         }
+        let mut rows: Vec<KeyValue> = try_join_all(scans).await?.into_iter().flatten().collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         rows.truncate(limit as usize);
         rows.iter().map(|(_, value)| self.decode(value)).collect()
