@@ -22,6 +22,9 @@ pub struct MetaStorageConfiguration {
     pub init_timeout_ms: u64,
     /// How often the leader looks for topology members that are not in the group yet.
     pub learner_check_interval_ms: u64,
+    /// Where the etcd v3 gRPC endpoint listens (`host:port`, port 0 picks one); `None`
+    /// (the default) serves no endpoint.
+    pub etcd_listen: Option<String>,
 }
 
 impl Default for MetaStorageConfiguration {
@@ -33,6 +36,7 @@ impl Default for MetaStorageConfiguration {
             recovery_timeout_ms: 60_000,
             init_timeout_ms: 10_000,
             learner_check_interval_ms: 2_000,
+            etcd_listen: None,
         }
     }
 }
@@ -50,6 +54,14 @@ impl MetaStorageConfiguration {
         for (key, value) in positive {
             if value == 0 {
                 return Err((key.into(), "must be greater than 0".into()));
+            }
+        }
+        if let Some(listen) = &self.etcd_listen {
+            if let Err(e) = listen.parse::<std::net::SocketAddr>() {
+                return Err((
+                    "etcd_listen".into(),
+                    format!("{listen} is not a socket address like 127.0.0.1:2379: {e}"),
+                ));
             }
         }
         Ok(())
@@ -101,5 +113,21 @@ mod tests {
             .unwrap();
         assert_eq!(full["compaction_retention_revisions"], json!(5));
         assert_eq!(full["compaction_interval_ms"], json!(10_000));
+        assert_eq!(full["etcd_listen"], json!(null));
+    }
+
+    #[test]
+    fn etcd_listen_must_be_a_socket_address() {
+        let key = RootKey::of::<MetaStorageConfiguration>();
+        let ok = key.validate(json!({"etcd_listen": "127.0.0.1:0"})).unwrap();
+        assert_eq!(ok["etcd_listen"], json!("127.0.0.1:0"));
+        let err = key
+            .validate(json!({"etcd_listen": "localhost"}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("key metastorage.etcd_listen: localhost is not a socket address"),
+            "{err}"
+        );
     }
 }

@@ -30,6 +30,7 @@ mod command;
 mod config;
 mod distributed;
 mod entry;
+mod etcd;
 mod error;
 mod manager;
 mod replicated;

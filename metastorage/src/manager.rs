@@ -3,6 +3,7 @@
 //! compaction.
 use std::{
     collections::{BTreeSet, HashMap},
+    net::SocketAddr,
     sync::Arc,
     time::Duration,
 };
@@ -25,6 +26,7 @@ use crate::{
     config::MetaStorageConfiguration,
     entry::Entry,
     error::{Error, Result},
+    etcd::{Attached, Endpoint},
     replicated::{Client, RaftStateMachine},
     state_machine::MetaStateMachine,
     storage::{KeyValueStorage, MemoryKeyValueStorage, SledKeyValueStorage},
@@ -148,6 +150,8 @@ pub struct MetaStorageManager {
     cancel: Mutex<CancellationToken>,
     tasks: TaskTracker,
     registration: std::result::Result<(), String>,
+    /// The etcd v3 endpoint (served when `etcd_listen` is set).
+    etcd: Endpoint,
 }
 
 impl MetaStorageManager {
@@ -177,6 +181,7 @@ impl MetaStorageManager {
                 }
             })
             .map_err(|e| e.to_string());
+        let etcd = Endpoint::new(cluster.state.subscribe());
         Self {
             vault,
             network,
@@ -192,6 +197,7 @@ impl MetaStorageManager {
             cancel: Mutex::new(CancellationToken::new()),
             tasks: TaskTracker::new(),
             registration,
+            etcd,
         }
     }
 
@@ -678,6 +684,18 @@ impl MetaStorageManager {
             )
             .await?;
         let client = Client::new(group.clone(), config.operation_timeout(), guard.clone());
+        if let Some(listen) = &config.etcd_listen {
+            let served = self
+                .etcd
+                .serve(listen, &local, &self.tasks, &ctx.faults, cancel.clone())
+                .await;
+            if let Err(e) = served {
+                if let Err(e) = self.raft.stop_group(METASTORAGE_GROUP).await {
+                    tracing::debug!(error = %e, "stopping the metastorage group after a failed start");
+                }
+                return Err(e);
+            }
+        }
 
         // Pushing the state to newcomers and adding learners must work while this node
         // recovers: another node's recovery may wait for it.
@@ -748,13 +766,24 @@ impl MetaStorageManager {
                 compaction_task(Arc::clone(&running), cancel.clone()),
             );
         }
+        self.etcd.attach(Attached {
+            local: running.local.clone(),
+            state: running.state.clone(),
+            storage: Arc::clone(&running.storage),
+            revisions: running.sm.subscribe_revisions(),
+            client: Client::new(group, config.operation_timeout(), guard.clone()),
+            guard,
+            stopping: cancel.child_token(),
+            network: Arc::clone(&self.network),
+        });
         *self.running.write() = Some(running);
         Ok(())
     }
 
     async fn stop_inner(&self) -> Result<()> {
         // Blocked before taking the lifecycle lock: a start waiting in recovery gives up at
-        // once and unwinds instead of keeping stop waiting.
+        // once and unwinds instead of keeping stop waiting. etcd watch streams end first.
+        self.etcd.detach();
         let guard = self.guard.lock().clone();
         guard.block().await;
         let _serial = self.lifecycle.lock().await;
@@ -763,6 +792,7 @@ impl MetaStorageManager {
         self.cancel.lock().cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        self.etcd.stopped();
         let running = self.running.write().take();
         let deployed = self.watches.lock().deployed.take().is_some();
         let Some(running) = running else {
@@ -795,6 +825,41 @@ impl MetaStorageManager {
     /// The cluster state this component runs with (`None` before start).
     pub fn running_cluster_state(&self) -> Option<ClusterState> {
         self.running.read().as_ref().map(|r| r.state.clone())
+    }
+
+    /// Where the etcd v3 endpoint listens (`metastorage.etcd_listen`, the port bound when
+    /// it was 0); `None` when it is not served.
+    pub fn etcd_address(&self) -> Option<SocketAddr> {
+        self.etcd.address()
+    }
+
+    /// Serves the etcd endpoint before [`start`](Component::start) (a node waiting for
+    /// cluster init), so clients get `UNAVAILABLE` "cluster is not initialized" instead of a
+    /// refused connection. `start` serves it anyway and `stop` ends it. Returns the bound
+    /// address, `None` when `etcd_listen` is not set.
+    pub async fn serve_etcd(&self, ctx: &StartContext) -> Result<Option<SocketAddr>> {
+        let _serial = self.lifecycle.lock().await;
+        let Some(listen) = self.configuration()?.etcd_listen else {
+            return Ok(None);
+        };
+        let cancel = {
+            let mut cancel = self.cancel.lock();
+            if cancel.is_cancelled() {
+                *cancel = CancellationToken::new();
+            }
+            cancel.clone()
+        };
+        self.tasks.reopen();
+        let node = self
+            .network
+            .topology()
+            .try_local_member()
+            .map(|m| m.name)
+            .unwrap_or_default();
+        self.etcd
+            .serve(&listen, &node, &self.tasks, &ctx.faults, cancel)
+            .await
+            .map(Some)
     }
 
     /// This node's name while started.
