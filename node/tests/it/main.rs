@@ -4,4 +4,5 @@ mod cluster;
 mod embedded;
 mod process;
 mod support;
+mod table_cluster;
 mod tables;
