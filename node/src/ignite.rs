@@ -330,6 +330,7 @@ impl IgniteImpl {
             Arc::clone(&network),
             Arc::clone(&partition_service),
             Arc::new(SledPartitionProvider::in_data_dir(&data_dir)),
+            Arc::clone(&vault),
         ));
         // REST answers from the zombie state on; it starts before the network so that its
         // address is gossiped with the member.

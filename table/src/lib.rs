@@ -23,6 +23,8 @@ mod error;
 mod kv_view;
 mod manager;
 mod partition;
+mod rebalance;
+mod recovery;
 mod service;
 mod state_machine;
 mod storage;
@@ -36,6 +38,8 @@ pub use crate::{
     kv_view::KeyValueView,
     manager::{table_key, TableInfo, TableManager, TABLES_PREFIX},
     partition::{partition_group_id, Partition},
+    rebalance::{stable_key, StableAssignment, MAX_CATCH_UP_LAG, STABLE_PREFIX},
+    recovery::APPLIED_REVISION_KEY,
     service::{
         PartitionService, ReadOp, ReadRequest, ReadResult, WriteRequest, PARTITION_MESSAGE_GROUP,
     },

@@ -1,6 +1,8 @@
 //! [`TableManager`]: the `table` component. Table definitions live in MetaStorage under
-//! `tables/<name>`; every node follows them (and the assignments) through watches and runs
-//! the partition replicas assigned to it.
+//! `tables/<name>`; every node follows them, the pending assignments (`assignments/<table>`)
+//! and the stable ones (`assignments.stable/<table_id>/<partition>`) through watches, runs
+//! the partition replicas assigned to it and, where it leads a partition, moves the group to
+//! its pending assignment (see [`crate::rebalance`]).
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::{
@@ -12,18 +14,23 @@ use std::{
 use affinity::{AffinityManager, Assignments, ASSIGNMENTS_PREFIX};
 use async_trait::async_trait;
 use lifecycle::{spawn_supervised, BoxError, Component, StartContext};
-use metastorage::{Condition, Entry, KeyMatcher, MetaStorageManager, Operation, WatchEvent};
+use metastorage::{
+    CompareOp, Condition, Entry, KeyMatcher, MetaStorageManager, Operation, WatchEvent,
+};
 use network::NetworkManager;
 use parking_lot::{Mutex, RwLock};
 use raft::{GroupMembers, RaftManager};
 use schema::{SchemaManager, TableSchema};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use vault::VaultManager;
 
 use crate::{
     error::{Error, Result},
     partition::Partition,
+    rebalance::{stable_key, Rebalancer, StableAssignment, STABLE_PREFIX},
+    recovery,
     service::PartitionService,
     storage::PartitionStorageProvider,
     view::Table,
@@ -118,7 +125,18 @@ impl TableInfo {
 #[derive(Default)]
 pub(crate) struct Catalog {
     tables: BTreeMap<String, (u64, Option<TableInfo>)>,
+    /// Pending assignments (the target), by table name.
     assignments: BTreeMap<String, (u64, Option<Assignments>)>,
+    /// Stable assignments (what each group runs), by (table id, partition).
+    stable: BTreeMap<(String, u32), (u64, Option<StableAssignment>)>,
+}
+
+/// A partition replica this node should run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Wanted {
+    /// The stable voters when this node is one of them (a replica that may initialize the
+    /// group); `None` for a node that only joins (pending, not stable).
+    pub(crate) voters: Option<Vec<String>>,
 }
 
 impl Catalog {
@@ -137,6 +155,12 @@ impl Catalog {
             if entry.revision >= slot.0 {
                 *slot = (entry.revision, assignments);
             }
+        } else if entry.key.starts_with(STABLE_PREFIX) {
+            let (key, stable) = StableAssignment::decode(entry)?;
+            let slot = self.stable.entry(key).or_insert((0, None));
+            if entry.revision >= slot.0 {
+                *slot = (entry.revision, stable);
+            }
         }
         Ok(())
     }
@@ -145,26 +169,95 @@ impl Catalog {
         self.tables.get(name).and_then(|(_, t)| t.as_ref())
     }
 
-    pub(crate) fn replicas(&self, name: &str, partition: u32) -> Option<Vec<String>> {
+    fn table_by_id(&self, table_id: &str) -> Option<&TableInfo> {
+        self.tables
+            .values()
+            .filter_map(|(_, t)| t.as_ref())
+            .find(|t| t.id == table_id)
+    }
+
+    fn pending(&self, name: &str, partition: u32) -> Option<&Vec<String>> {
         self.assignments
             .get(name)
             .and_then(|(_, a)| a.as_ref())
-            .and_then(|a| a.partitions.get(partition as usize).cloned())
+            .and_then(|a| a.partitions.get(partition as usize))
     }
 
-    /// Every (table id, partition) -> voters that `node` should run.
-    fn desired(&self, node: &str) -> HashMap<(String, u32), Vec<String>> {
+    pub(crate) fn stable_record(
+        &self,
+        table_id: &str,
+        partition: u32,
+    ) -> Option<&StableAssignment> {
+        self.stable
+            .get(&(table_id.to_owned(), partition))
+            .and_then(|(_, s)| s.as_ref())
+    }
+
+    /// The voters the group runs: the stable record, else (a table from before stable
+    /// records) the pending assignment.
+    fn stable_voters(&self, info: &TableInfo, partition: u32) -> Option<Vec<String>> {
+        self.stable_record(&info.id, partition)
+            .map(|s| s.voters.clone())
+            .or_else(|| self.pending(&info.name, partition).cloned())
+    }
+
+    /// The nodes to route to: the stable voters (they hold the data and the leader), then
+    /// the pending nodes not among them (a leader may be there during a move).
+    pub(crate) fn replicas(&self, name: &str, partition: u32) -> Option<Vec<String>> {
+        let info = self.table(name)?;
+        let mut out = self.stable_voters(info, partition).unwrap_or_default();
+        for node in self.pending(name, partition).into_iter().flatten() {
+            if !out.contains(node) {
+                out.push(node.clone());
+            }
+        }
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// Per partition of `name`, the voters its group runs.
+    fn stable_assignments(&self, name: &str) -> Option<Vec<Vec<String>>> {
+        let info = self.table(name)?;
+        Some(
+            (0..info.partitions)
+                .map(|p| self.stable_voters(info, p).unwrap_or_default())
+                .collect(),
+        )
+    }
+
+    /// What a leader of `table_id`/`partition` works toward: (table name, pending target,
+    /// stable record).
+    pub(crate) fn plan_of(
+        &self,
+        table_id: &str,
+        partition: u32,
+    ) -> Option<(String, Vec<String>, Option<StableAssignment>)> {
+        let info = self.table_by_id(table_id)?;
+        let target = self.pending(&info.name, partition)?.clone();
+        Some((
+            info.name.clone(),
+            target,
+            self.stable_record(table_id, partition).cloned(),
+        ))
+    }
+
+    /// Every (table id, partition) that `node` should run: it is in the stable voters or in
+    /// the pending assignment.
+    fn desired(&self, node: &str) -> HashMap<(String, u32), Wanted> {
         let mut out = HashMap::new();
-        for (name, (_, def)) in &self.tables {
+        for (_, def) in self.tables.values() {
             let Some(def) = def else { continue };
-            let Some((_, Some(assignments))) = self.assignments.get(name) else {
-                continue;
-            };
-            for (p, nodes) in assignments.partitions.iter().enumerate() {
-                if nodes.iter().any(|n| n == node) {
-                    if let Ok(p) = u32::try_from(p) {
-                        out.insert((def.id.clone(), p), nodes.clone());
-                    }
+            for p in 0..def.partitions {
+                let stable = self.stable_voters(def, p).unwrap_or_default();
+                let pending = self.pending(&def.name, p);
+                let in_stable = stable.iter().any(|n| n == node);
+                let in_pending = pending.is_some_and(|ns| ns.iter().any(|n| n == node));
+                if in_stable || in_pending {
+                    out.insert(
+                        (def.id.clone(), p),
+                        Wanted {
+                            voters: in_stable.then_some(stable),
+                        },
+                    );
                 }
             }
         }
@@ -180,13 +273,15 @@ pub(crate) struct Shared {
 
 /// The table component.
 ///
-/// `new` registers MetaStorage watches on `tables/` and `assignments/` (so it must run
-/// before the node deploys watches) and does no I/O. `start` rebuilds the catalog at the
-/// node's recovery revision, starts the local partition replicas and spawns the task that
-/// follows watch events. Rebalancing on a baseline change is not done yet: a replica starts
-/// with the voters of its first assignments.
+/// `new` registers MetaStorage watches on `tables/`, `assignments/` and
+/// `assignments.stable/` (so it must run before the node deploys watches) and does no I/O.
+/// `start` rebuilds the catalog at the node's recovery revision; when the applied revision
+/// kept in the vault lags behind it, it also destroys the partition storages on disk that are
+/// no longer assigned here (the design's full update). Then it starts the local partition
+/// replicas and spawns the task that follows watch events and the rebalance task.
 pub struct TableManager {
     ms: Arc<MetaStorageManager>,
+    vault: Arc<VaultManager>,
     affinity: Arc<AffinityManager>,
     raft: Arc<RaftManager>,
     network: Arc<NetworkManager>,
@@ -195,6 +290,8 @@ pub struct TableManager {
     registration: std::result::Result<(), String>,
     events: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<WatchEvent>>>,
     local: Arc<tokio::sync::Mutex<HashMap<(String, u32), Partition>>>,
+    /// Partitions with a membership change under way (one at a time per partition).
+    in_flight: Arc<Mutex<HashSet<(String, u32)>>>,
     /// The last MetaStorage revision the catalog applied (survives a stop, so a restart at
     /// a run level rebuilds from where it left off rather than from the recovery revision).
     applied: Arc<AtomicU64>,
@@ -205,7 +302,9 @@ pub struct TableManager {
 }
 
 impl TableManager {
-    /// Stores the dependencies and registers the `tables/` and `assignments/` watches.
+    /// Stores the dependencies and registers the `tables/`, `assignments/` and
+    /// `assignments.stable/` watches. The vault keeps the applied revision across restarts.
+    #[allow(clippy::too_many_arguments)] // one per component dependency, as the graph says
     pub fn new(
         ms: Arc<MetaStorageManager>,
         affinity: Arc<AffinityManager>,
@@ -214,10 +313,11 @@ impl TableManager {
         network: Arc<NetworkManager>,
         partition_service: Arc<PartitionService>,
         provider: Arc<dyn PartitionStorageProvider>,
+        vault: Arc<VaultManager>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut registration = Ok(());
-        for prefix in [TABLES_PREFIX, ASSIGNMENTS_PREFIX] {
+        for prefix in [TABLES_PREFIX, ASSIGNMENTS_PREFIX, STABLE_PREFIX] {
             let tx = tx.clone();
             let registered = ms.register_watch(
                 KeyMatcher::Prefix(prefix.to_vec()),
@@ -233,6 +333,7 @@ impl TableManager {
         }
         Self {
             ms,
+            vault,
             affinity,
             raft,
             network,
@@ -245,6 +346,7 @@ impl TableManager {
             registration,
             events: Arc::new(tokio::sync::Mutex::new(rx)),
             local: Arc::new(tokio::sync::Mutex::new(HashMap::new())),
+            in_flight: Arc::new(Mutex::new(HashSet::new())),
             applied: Arc::new(AtomicU64::new(0)),
             running: AtomicBool::new(false),
             lifecycle: tokio::sync::Mutex::new(()),
@@ -310,22 +412,30 @@ impl TableManager {
             partitions,
             replicas,
         };
+        // the groups start with these voters: they are the table's first stable assignments
+        let mut ops = vec![Operation::put(key.clone(), info.encode()?)];
+        let mut keys = vec![key.clone(), affinity::assignments_key(&name)];
+        for (p, voters) in assignments.partitions.iter().enumerate() {
+            let p = u32::try_from(p).map_err(|_| Error::InvalidTable {
+                table: name.clone(),
+                reason: "more than u32::MAX partitions".into(),
+            })?;
+            let stable = StableAssignment {
+                index: 0,
+                voters: voters.clone(),
+            };
+            ops.push(Operation::put(stable_key(&info.id, p), stable.encode()?));
+            keys.push(stable_key(&info.id, p));
+        }
         let written = self
             .ms
-            .invoke(
-                Condition::not_exists(key.clone()),
-                vec![Operation::put(key.clone(), info.encode()?)],
-                Vec::new(),
-            )
+            .invoke(Condition::not_exists(key.clone()), ops, Vec::new())
             .await?;
         if !written {
             return Err(Error::TableExists { table: name });
         }
         // the node sees its own table at once, whatever the watch's progress
-        let entries = self
-            .ms
-            .get_all(&[key, affinity::assignments_key(&name)])
-            .await?;
+        let entries = self.ms.get_all(&keys).await?;
         {
             let mut catalog = self.shared.catalog.write();
             for entry in entries.into_iter().flatten() {
@@ -348,18 +458,24 @@ impl TableManager {
     pub async fn drop_table(&self, table: &str) -> Result<()> {
         self.check_running()?;
         let key = table_key(table);
+        let not_found = || Error::TableNotFound {
+            table: table.to_owned(),
+        };
+        let entry = self.ms.get(&key).await?.ok_or_else(not_found)?;
+        let info = TableInfo::decode(&entry)?.ok_or_else(not_found)?;
+        // the definition and the stable assignments go together
+        let mut ops = vec![Operation::remove(key.clone())];
+        ops.extend((0..info.partitions).map(|p| Operation::remove(stable_key(&info.id, p))));
         let removed = self
             .ms
             .invoke(
-                Condition::exists(key.clone()),
-                vec![Operation::remove(key.clone())],
+                Condition::revision(key.clone(), CompareOp::Eq, entry.revision),
+                ops,
                 Vec::new(),
             )
             .await?;
         if !removed {
-            return Err(Error::TableNotFound {
-                table: table.to_owned(),
-            });
+            return Err(not_found());
         }
         self.affinity.remove(table).await?;
         match self.shared.schema.drop_table(table).await {
@@ -390,6 +506,12 @@ impl TableManager {
         Some(Table::new(Arc::clone(&self.shared), info))
     }
 
+    /// Per partition of `table`, the voters its Raft group runs (the stable assignments; a
+    /// move to the pending ones in `affinity` is under way while they differ).
+    pub fn stable_assignments(&self, table: &str) -> Option<Vec<Vec<String>>> {
+        self.shared.catalog.read().stable_assignments(table)
+    }
+
     /// The (table id, partition) replicas this node runs, sorted.
     pub async fn local_partitions(&self) -> Vec<(String, u32)> {
         let mut out: Vec<_> = self.local.lock().await.keys().cloned().collect();
@@ -407,38 +529,81 @@ impl TableManager {
                 "registering the table watches: {reason}"
             )));
         }
+        let node = self
+            .network
+            .topology()
+            .try_local_member()
+            .map(|m| m.name)
+            .ok_or_else(|| Error::InvalidState("started before the network".into()))?;
         // the partition database (<data_dir>/partitions) is this component's: open it here,
         // close it on stop (idempotent both ways)
         let provider = Arc::clone(&self.provider);
         tokio::task::spawn_blocking(move || provider.open())
             .await
             .map_err(|e| Error::InvalidState(format!("opening the partition database: {e}")))??;
-        let revision = self
-            .ms
-            .recovery_revision()
-            .max(self.applied.load(Ordering::SeqCst));
+        let recovery_revision = self.ms.recovery_revision();
+        let stored = recovery::load_applied(&self.vault).await?;
+        let revision = recovery_revision.max(self.applied.load(Ordering::SeqCst));
         {
             let mut catalog = Catalog::default();
-            for prefix in [TABLES_PREFIX, ASSIGNMENTS_PREFIX] {
+            for prefix in [TABLES_PREFIX, ASSIGNMENTS_PREFIX, STABLE_PREFIX] {
                 for entry in self.ms.prefix_at(prefix, revision)? {
                     catalog.apply(&entry)?;
                 }
             }
             *self.shared.catalog.write() = catalog;
         }
-        let worker = Worker {
+        // full update: the node missed events while it was down (or never recorded any), so
+        // storages of dropped tables and of partitions moved away are still on disk
+        if stored.is_none_or(|s| s < recovery_revision) {
+            let keep: HashSet<(String, u32)> = self
+                .shared
+                .catalog
+                .read()
+                .desired(&node)
+                .into_keys()
+                .collect();
+            let destroyed = recovery::destroy_stale(&self.provider, &keep).await?;
+            tracing::info!(
+                stored_revision = stored,
+                recovery_revision,
+                destroyed = destroyed.len(),
+                "table manager full update"
+            );
+        }
+        let worker = Arc::new(Worker {
             shared: Arc::clone(&self.shared),
             raft: Arc::clone(&self.raft),
-            network: Arc::clone(&self.network),
             provider: Arc::clone(&self.provider),
+            vault: Arc::clone(&self.vault),
             local: Arc::clone(&self.local),
-        };
+            node: node.clone(),
+        });
         self.applied.store(revision, Ordering::SeqCst);
         let mut settled = worker.reconcile().await;
+        if settled {
+            worker.record_applied(revision).await;
+        }
         let applied = Arc::clone(&self.applied);
         let cancel = CancellationToken::new();
         *self.cancel.lock() = cancel.clone();
         self.tasks.reopen();
+        let wake = Arc::new(Notify::new());
+        let rebalancer = Arc::new(Rebalancer {
+            shared: Arc::clone(&self.shared),
+            ms: Arc::clone(&self.ms),
+            local: Arc::clone(&self.local),
+            node,
+            in_flight: Arc::clone(&self.in_flight),
+            wake: Arc::clone(&wake),
+        });
+        spawn_supervised(
+            &self.tasks,
+            &ctx.faults,
+            NAME,
+            "rebalance",
+            rebalancer.run(self.tasks.clone(), cancel.clone()),
+        );
         let events = Arc::clone(&self.events);
         spawn_supervised(&self.tasks, &ctx.faults, NAME, "watch", async move {
             let mut events = events.lock().await;
@@ -446,9 +611,12 @@ impl TableManager {
                 let event = tokio::select! {
                     () = cancel.cancelled() => return Ok(()),
                     event = events.recv() => event,
-                    // a replica that failed to start is retried after a pause
+                    // a replica that failed to start or waits to be destroyed is retried
                     () = tokio::time::sleep(RETRY_PAUSE), if !settled => {
                         settled = worker.reconcile().await;
+                        if settled {
+                            worker.record_applied(applied.load(Ordering::SeqCst)).await;
+                        }
                         continue;
                     }
                 };
@@ -465,8 +633,12 @@ impl TableManager {
                     }
                 }
                 applied.store(event.revision, Ordering::SeqCst);
+                wake.notify_one();
                 // a reconcile runs to its end: a replica half-started would leak its group
                 settled = worker.reconcile().await;
+                if settled {
+                    worker.record_applied(event.revision).await;
+                }
             }
         });
         self.running.store(true, Ordering::SeqCst);
@@ -480,6 +652,7 @@ impl TableManager {
         self.cancel.lock().cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        self.in_flight.lock().clear();
         let local: Vec<Partition> = self.local.lock().await.drain().map(|(_, p)| p).collect();
         for partition in local {
             self.shared
@@ -503,21 +676,39 @@ impl TableManager {
 struct Worker {
     shared: Arc<Shared>,
     raft: Arc<RaftManager>,
-    network: Arc<NetworkManager>,
     provider: Arc<dyn PartitionStorageProvider>,
+    vault: Arc<VaultManager>,
     local: Arc<tokio::sync::Mutex<HashMap<(String, u32), Partition>>>,
+    node: String,
 }
 
 impl Worker {
+    /// Records `revision` as completely applied (the catalog and the replicas match it).
+    async fn record_applied(&self, revision: u64) {
+        if let Err(e) = recovery::store_applied(&self.vault, revision).await {
+            tracing::warn!(revision, error = %e, "recording the table applied revision");
+        }
+    }
+
+    /// Whether the replica `partition`, assigned here no more, may be destroyed: its table
+    /// is gone, or its own group view no longer counts this node as a voter, or that view
+    /// lags behind the stable record (a committed configuration without this node).
+    fn may_destroy(&self, partition: &Partition) -> bool {
+        let catalog = self.shared.catalog.read();
+        let (table_id, p) = (partition.table_id(), partition.partition());
+        if catalog.table_by_id(table_id).is_none() {
+            return true;
+        }
+        let m = partition.group().metrics();
+        let stable_index = catalog.stable_record(table_id, p).map_or(0, |s| s.index);
+        !m.voters.contains(&self.node) || m.last_log_index.unwrap_or(0) < stable_index
+    }
+
     /// Destroys replicas no longer assigned here and starts the missing ones; false if
-    /// something failed (to be retried).
+    /// something failed or waits (to be retried).
     async fn reconcile(&self) -> bool {
-        let Some(node) = self.network.topology().try_local_member().map(|m| m.name) else {
-            tracing::warn!("no local node name yet, partitions not reconciled");
-            return false;
-        };
         let mut settled = true;
-        let desired = self.shared.catalog.read().desired(&node);
+        let desired = self.shared.catalog.read().desired(&self.node);
         let mut local = self.local.lock().await;
         let gone: Vec<(String, u32)> = local
             .keys()
@@ -525,6 +716,14 @@ impl Worker {
             .cloned()
             .collect();
         for key in gone {
+            let Some(partition) = local.get(&key) else {
+                continue;
+            };
+            if !self.may_destroy(partition) {
+                settled = false;
+                tracing::debug!(table_id = %key.0, partition = key.1, "replica still a voter in its own view, destroy deferred");
+                continue;
+            }
             if let Some(partition) = local.remove(&key) {
                 self.shared.service.unregister(&key.0, key.1);
                 if let Err(e) = partition.destroy(&self.raft).await {
@@ -538,9 +737,9 @@ impl Worker {
             .into_iter()
             .filter(|(k, _)| !have.contains(k))
             .collect();
-        missing.sort();
-        for ((table_id, p), voters) in missing {
-            match self.start_replica(&table_id, p, voters).await {
+        missing.sort_by(|a, b| a.0.cmp(&b.0));
+        for ((table_id, p), wanted) in missing {
+            match self.start_replica(&table_id, p, wanted).await {
                 Ok(partition) => {
                     local.insert((table_id, p), partition);
                 }
@@ -553,26 +752,22 @@ impl Worker {
         settled
     }
 
-    async fn start_replica(
-        &self,
-        table_id: &str,
-        p: u32,
-        voters: Vec<String>,
-    ) -> Result<Partition> {
+    async fn start_replica(&self, table_id: &str, p: u32, wanted: Wanted) -> Result<Partition> {
         let provider = Arc::clone(&self.provider);
         let id = table_id.to_owned();
         let storage = tokio::task::spawn_blocking(move || provider.partition(&id, p))
             .await
             .map_err(|e| Error::storage("partition", e))??;
-        let partition = Partition::start(
-            &self.raft,
-            table_id,
-            p,
-            storage,
-            GroupMembers::voters(voters),
-        )
-        .await?;
-        self.shared.service.register(partition.clone())?;
+        // a stable voter may initialize a fresh group; a newcomer starts empty and waits for
+        // the leader to add it
+        let members = wanted.voters.map(GroupMembers::voters).unwrap_or_default();
+        let partition = Partition::start(&self.raft, table_id, p, storage, members).await?;
+        // served once its own view counts it as a member (a newcomer: when the rebalance
+        // tick sees it added)
+        let m = partition.group().metrics();
+        if m.voters.contains(&self.node) || m.learners.contains(&self.node) {
+            self.shared.service.register(partition.clone())?;
+        }
         Ok(partition)
     }
 }

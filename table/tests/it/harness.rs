@@ -1,8 +1,9 @@
 //! An in-process cluster of real nodes on 127.0.0.1 port 0 for the table manager: vault,
 //! local configuration, network, raft, MetaStorage, the cluster configuration (with the
 //! `baseline` root), the baseline, affinity and schema managers, the partition service and
-//! the table manager per node (in-memory partition storage), started by hand in graph order.
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+//! the table manager per node (in-memory partition storage, or sled and a persistent vault in
+//! a data directory for restarts), started by hand in graph order.
+use std::{collections::BTreeSet, path::Path, sync::Arc, time::Duration};
 
 use affinity::AffinityManager;
 use anyhow::{anyhow, Context, Result};
@@ -18,7 +19,10 @@ use network::{NetworkConfiguration, NetworkManager};
 use raft::{RaftConfiguration, RaftManager};
 use schema::SchemaManager;
 use serde_json::json;
-use table::{MemoryPartitionProvider, PartitionService, PartitionStorageProvider, TableManager};
+use table::{
+    MemoryPartitionProvider, PartitionService, PartitionStorageProvider, SledPartitionProvider,
+    TableManager,
+};
 use vault::VaultManager;
 
 pub(crate) const WAIT: Duration = Duration::from_secs(60);
@@ -40,10 +44,10 @@ pub(crate) fn set(names: &[&str]) -> BTreeSet<String> {
 /// One node's components.
 pub(crate) struct TestNode {
     pub(crate) name: String,
-    vault: Arc<VaultManager>,
+    pub(crate) vault: Arc<VaultManager>,
     config: Arc<ConfigurationManager>,
     pub(crate) network: Arc<NetworkManager>,
-    raft: Arc<RaftManager>,
+    pub(crate) raft: Arc<RaftManager>,
     pub(crate) ms: Arc<MetaStorageManager>,
     pub(crate) cluster_config: Arc<ConfigurationManager>,
     pub(crate) baseline: Arc<BaselineManager>,
@@ -51,6 +55,8 @@ pub(crate) struct TestNode {
     pub(crate) schema: Arc<SchemaManager>,
     pub(crate) service: Arc<PartitionService>,
     pub(crate) tables: Arc<TableManager>,
+    /// The node's partition storages.
+    pub(crate) provider: Arc<dyn PartitionStorageProvider>,
 }
 
 impl TestNode {
@@ -58,8 +64,17 @@ impl TestNode {
     /// raft); the baseline watch is registered at construction.
     /// `auto_adjust_ms: Some` bootstraps the cluster configuration from this node (one node
     /// only: concurrent bootstraps race).
-    async fn start(name: &str, seeds: Vec<String>, auto_adjust_ms: Option<u64>) -> Result<Self> {
-        let vault = Arc::new(VaultManager::in_memory());
+    /// With `data_dir` the vault, raft logs and partitions persist there, else in memory.
+    async fn start_in(
+        name: &str,
+        seeds: Vec<String>,
+        auto_adjust_ms: Option<u64>,
+        data_dir: Option<&Path>,
+    ) -> Result<Self> {
+        let vault = Arc::new(match data_dir {
+            Some(dir) => VaultManager::persistent(dir),
+            None => VaultManager::in_memory(),
+        });
         let roots = vec![
             RootKey::of::<NetworkConfiguration>(),
             RootKey::of::<RaftConfiguration>(),
@@ -123,7 +138,10 @@ impl TestNode {
         let schema = Arc::new(SchemaManager::new(Arc::clone(&ms)));
         // built before the network starts: it registers the partition message handler
         let service = Arc::new(PartitionService::new(&network).with_timeout(WAIT));
-        let provider: Arc<dyn PartitionStorageProvider> = Arc::new(MemoryPartitionProvider::new());
+        let provider: Arc<dyn PartitionStorageProvider> = match data_dir {
+            Some(dir) => Arc::new(SledPartitionProvider::in_data_dir(dir)),
+            None => Arc::new(MemoryPartitionProvider::new()),
+        };
         let tables = Arc::new(TableManager::new(
             Arc::clone(&ms),
             Arc::clone(&affinity),
@@ -132,6 +150,7 @@ impl TestNode {
             Arc::clone(&network),
             Arc::clone(&service),
             Arc::clone(&provider),
+            Arc::clone(&vault),
         ));
         let ctx = ctx();
         vault.start(&ctx).await.map_err(err)?;
@@ -139,7 +158,8 @@ impl TestNode {
         network.start(&ctx).await.map_err(err)?;
         raft.start(&ctx).await.map_err(err)?;
         service.start(&ctx).await.map_err(err)?;
-        tokio::task::spawn_blocking(move || provider.open()).await??;
+        let opened = Arc::clone(&provider);
+        tokio::task::spawn_blocking(move || opened.open()).await??;
         Ok(Self {
             name: name.to_owned(),
             vault,
@@ -153,6 +173,7 @@ impl TestNode {
             schema,
             service,
             tables,
+            provider,
         })
     }
 
@@ -210,17 +231,34 @@ impl TestNode {
 /// Nodes `n1..=nN`, initialized from `n1` with the default voters, everything started.
 pub(crate) struct TestCluster {
     pub(crate) nodes: Vec<TestNode>,
+    /// Where persistent nodes keep their data (`<root>/<name>`), `None` in memory.
+    dirs: Option<tempfile::TempDir>,
 }
 
 impl TestCluster {
     pub(crate) async fn start(n: usize, auto_adjust_ms: u64) -> Result<Self> {
+        Self::start_with(n, auto_adjust_ms, None).await
+    }
+
+    /// [`Self::start`] with every node's data in its own directory, so nodes can restart.
+    pub(crate) async fn start_persistent(n: usize, auto_adjust_ms: u64) -> Result<Self> {
+        Self::start_with(n, auto_adjust_ms, Some(tempfile::tempdir()?)).await
+    }
+
+    async fn start_with(
+        n: usize,
+        auto_adjust_ms: u64,
+        dirs: Option<tempfile::TempDir>,
+    ) -> Result<Self> {
         let mut nodes: Vec<TestNode> = Vec::new();
         for i in 1..=n {
             let seeds = nodes.iter().map(TestNode::address).collect();
             let bootstrap = (i == 1).then_some(auto_adjust_ms);
-            nodes.push(TestNode::start(&format!("n{i}"), seeds, bootstrap).await?);
+            let name = format!("n{i}");
+            let dir = dirs.as_ref().map(|d| d.path().join(&name));
+            nodes.push(TestNode::start_in(&name, seeds, bootstrap, dir.as_deref()).await?);
         }
-        let cluster = Self { nodes };
+        let cluster = Self { nodes, dirs };
         cluster.wait_for_topology().await?;
         cluster.nodes[0]
             .ms
@@ -284,6 +322,47 @@ impl TestCluster {
             .await
             .with_context(|| format!("logical topology on {}", node.name))?;
         }
+        Ok(())
+    }
+
+    /// Node `name`.
+    pub(crate) fn node(&self, name: &str) -> Result<&TestNode> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| anyhow!("no node {name}"))
+    }
+
+    /// Stops node `name` and removes it (a persistent node's data stays for a restart).
+    pub(crate) async fn stop_node(&mut self, name: &str) -> Result<()> {
+        let idx = self
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .ok_or_else(|| anyhow!("no node {name}"))?;
+        let node = self.nodes.remove(idx);
+        node.stop().await
+    }
+
+    /// Starts persistent node `name` again on its data directory: it rejoins, recovers
+    /// MetaStorage and starts every component up to the table manager.
+    pub(crate) async fn restart_node(&mut self, name: &str) -> Result<()> {
+        let dir = self
+            .dirs
+            .as_ref()
+            .map(|d| d.path().join(name))
+            .ok_or_else(|| anyhow!("node {name} is not persistent"))?;
+        let seeds = self.nodes.iter().map(TestNode::address).collect();
+        let node = TestNode::start_in(name, seeds, None, Some(&dir)).await?;
+        node.start_ms().await?;
+        let ctx = ctx();
+        node.cluster_config.start(&ctx).await.map_err(err)?;
+        node.baseline.start(&ctx).await.map_err(err)?;
+        node.affinity.start(&ctx).await.map_err(err)?;
+        node.schema.start(&ctx).await.map_err(err)?;
+        node.tables.start(&ctx).await.map_err(err)?;
+        node.ms.deploy_watches()?;
+        self.nodes.push(node);
         Ok(())
     }
 

@@ -3,6 +3,9 @@
 //! manager over a full in-process cluster.
 mod cluster;
 mod harness;
+mod kv_view;
 mod manager;
 mod partitions;
+mod rebalance;
+mod recovery;
 mod storage_suite;
