@@ -8,6 +8,7 @@ mod compaction;
 mod conformance;
 mod decoder;
 mod distributed_config;
+mod etcd;
 mod harness;
 mod init;
 mod learner;
