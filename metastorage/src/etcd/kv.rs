@@ -516,6 +516,24 @@ impl Kv for KvService {
 
     async fn put(&self, request: Request<PutRequest>) -> Res<Response<PutResponse>> {
         let req = request.into_inner();
+        if !(req.prev_kv || req.ignore_value || req.ignore_lease) {
+            // a blind write reads nothing: no read index, no guard
+            let (_ticket, attached) = self.0.enter()?;
+            let mut view = View {
+                attached: &attached,
+                revision: attached.storage.revision(),
+                read: BTreeMap::new(),
+            };
+            let mut writes = Writes::default();
+            let mut resp = put(&mut view, &mut writes, &req)?;
+            let outcome = attached
+                .client
+                .write(CommandOp::Write { ops: writes.ops })
+                .await
+                .map_err(status)?;
+            resp.header = Some(attached.header(outcome.revision));
+            return Ok(Response::new(resp));
+        }
         let (mut resp, attached, revision) =
             self.write(|view, writes| put(view, writes, &req)).await?;
         resp.header = Some(attached.header(revision));

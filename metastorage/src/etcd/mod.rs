@@ -13,8 +13,10 @@
 //! (leases, auth, the other maintenance and membership RPCs, v3election, v3lock) answers
 //! `UNIMPLEMENTED` with a message naming the method, never a wrong answer; a `Put` with a
 //! lease is refused the same way. A node that is not initialized, not started or stopping
-//! answers `UNAVAILABLE` naming the node. Requests above 2 MiB are refused
-//! (`RESOURCE_EXHAUSTED`); client deadlines (`grpc-timeout`) are honoured.
+//! answers `UNAVAILABLE` naming the node. Requests above 2 MiB are refused with
+//! tonic's `OUT_OF_RANGE` "decoded message length too large" (etcd answers
+//! `RESOURCE_EXHAUSTED` above its 1.5 MiB); client deadlines (`grpc-timeout`) are honoured
+//! by tonic.
 //!
 //! Every response header carries `cluster_id` (a hash of the cluster id), `member_id` (the
 //! Raft node id of this node's name), `revision` (the MetaStorage revision the answer is

@@ -240,6 +240,12 @@ async fn kv_range_delete_status_and_errors() -> Result<()> {
         Some(&b"v4"[..])
     );
 
+    // requests above the size limit are refused, nothing is written
+    let huge = vec![b'x'; 3 * 1024 * 1024];
+    let s = status(c1.put("huge", huge, None).await);
+    assert_eq!(s.code(), tonic::Code::OutOfRange, "{}", s.message());
+    assert_eq!(c1.get("huge", None).await?.count(), 0);
+
     // unsupported: leases, auth, other maintenance RPCs answer UNIMPLEMENTED naming them
     let s = status(c1.lease_grant(10, None).await);
     assert_eq!(s.code(), tonic::Code::Unimplemented);
@@ -642,7 +648,25 @@ async fn watch_replays_and_survives_a_leader_change() -> Result<()> {
             .await?
             .header()));
     }
+    // a watch on the node that stops ends with UNAVAILABLE, and does not hold the stop up
+    let mut on_leader = connect(cluster.node(&leader)).await?;
+    let mut doomed = on_leader
+        .watch("w/", Some(WatchOptions::new().with_prefix()))
+        .await?;
+    assert!(next(&mut doomed).await?.created());
     cluster.stop_node(&leader).await?;
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            match doomed.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await?;
+    let s = status(end);
+    assert_eq!(s.code(), tonic::Code::Unavailable);
+    assert!(s.message().contains("stopping"), "{}", s.message());
     for i in 0..5 {
         expected.push(rev(writer
             .put(format!("w/y{i}"), "2", None)
