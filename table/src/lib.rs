@@ -16,7 +16,22 @@
 //!   after a timeout are safe;
 //! - reads through [`Partition`] and [`PartitionClient`] are linearizable (read index, then
 //!   a local read);
-//! - the partition layer knows keys and values only as bytes: row encoding is `schema`'s.
+//! - the partition layer knows keys and values only as bytes: row encoding is `schema`'s;
+//! - a partition's Raft group is the truth of who holds its rows: `assignments/<table>` is
+//!   the pending target, [`STABLE_PREFIX`] records what the group runs; routing uses both.
+//!
+//! Rebalance (pending vs stable, as Ignite 3): when a partition's pending assignment differs
+//! from its group, the partition leader adds each new node as a learner (that node starts an
+//! empty replica that joins, never initializes), waits until it is within
+//! [`MAX_CATCH_UP_LAG`] entries, changes the voters to the target (joint consensus), records
+//! the stable assignment, and removes stray learners. A node in neither assignment destroys
+//! its replica only once its own group view no longer counts it as a voter. Retried every
+//! tick and on leader change, one change at a time per partition, every step bounded.
+//!
+//! Recovery: the manager keeps its applied MetaStorage revision in the vault
+//! ([`APPLIED_REVISION_KEY`]); when it lags behind the node's recovery revision, start does
+//! the full update: the catalog from MetaStorage at that revision, and partition storages on
+//! disk that are no longer assigned here are destroyed.
 mod client;
 mod command;
 mod error;

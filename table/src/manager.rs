@@ -822,4 +822,95 @@ mod tests {
         catalog.apply(&older).expect("apply");
         assert_eq!(catalog.table("t").map(|t| t.partitions), Some(8));
     }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    /// A catalog with table `t` (id `tid`, 2 partitions): pending assignments `pending`,
+    /// stable records `stable` (partition, voters).
+    fn catalog_with(pending: &[&[&str]], stable: &[(u32, &[&str])]) -> Catalog {
+        let mut catalog = Catalog::default();
+        let info = TableInfo {
+            name: "t".into(),
+            id: "tid".into(),
+            partitions: 2,
+            replicas: 2,
+        };
+        let def = Entry::live(table_key("t"), info.encode().expect("encode"), 1, 1);
+        catalog.apply(&def).expect("apply");
+        let assignments = Assignments {
+            table: "t".into(),
+            revision: 2,
+            replicas: 2,
+            baseline_revision: 1,
+            partitions: pending.iter().map(|p| names(p)).collect(),
+        };
+        let entry = Entry::live(
+            affinity::assignments_key("t"),
+            assignments.encode().expect("encode"),
+            2,
+            1,
+        );
+        catalog.apply(&entry).expect("apply");
+        for (p, voters) in stable {
+            let record = StableAssignment {
+                index: 5,
+                voters: names(voters),
+            };
+            let entry = Entry::live(
+                stable_key("tid", *p),
+                record.encode().expect("encode"),
+                3,
+                1,
+            );
+            catalog.apply(&entry).expect("apply");
+        }
+        catalog
+    }
+
+    #[test]
+    fn nodes_run_stable_and_pending_replicas_and_only_stable_voters_initialize() {
+        // partition 0 moves from {n1, n3} to {n1, n4}; partition 1 has no stable record
+        let catalog = catalog_with(&[&["n1", "n4"], &["n2", "n3"]], &[(0, &["n1", "n3"])]);
+        let n1 = catalog.desired("n1");
+        assert_eq!(n1.len(), 1);
+        assert_eq!(
+            n1[&("tid".to_owned(), 0)].voters,
+            Some(names(&["n1", "n3"]))
+        );
+        // the leaving node keeps its replica until the stable record drops it
+        let n3 = catalog.desired("n3");
+        assert_eq!(n3.len(), 2);
+        // the newcomer joins empty: it never initializes the group
+        let n4 = catalog.desired("n4");
+        assert_eq!(n4[&("tid".to_owned(), 0)].voters, None);
+        assert_eq!(n4.len(), 1);
+        // without a stable record the pending assignment is what runs
+        assert_eq!(
+            catalog.desired("n2")[&("tid".to_owned(), 1)].voters,
+            Some(names(&["n2", "n3"]))
+        );
+        // routing tries the stable voters first, then the newcomers
+        assert_eq!(catalog.replicas("t", 0), Some(names(&["n1", "n3", "n4"])));
+        assert_eq!(
+            catalog.stable_assignments("t"),
+            Some(vec![names(&["n1", "n3"]), names(&["n2", "n3"])])
+        );
+        let (table, target, stable) = catalog.plan_of("tid", 0).expect("plan");
+        assert_eq!((table.as_str(), target), ("t", names(&["n1", "n4"])));
+        assert_eq!(stable.map(|s| s.index), Some(5));
+        assert!(catalog.plan_of("other", 0).is_none());
+    }
+
+    #[test]
+    fn a_committed_move_releases_the_node_that_left() {
+        let catalog = catalog_with(&[&["n1", "n4"], &["n2", "n3"]], &[(0, &["n1", "n4"])]);
+        assert!(!catalog.desired("n3").contains_key(&("tid".to_owned(), 0)));
+        assert_eq!(
+            catalog.desired("n4")[&("tid".to_owned(), 0)].voters,
+            Some(names(&["n1", "n4"]))
+        );
+        assert_eq!(catalog.replicas("t", 0), Some(names(&["n1", "n4"])));
+    }
 }

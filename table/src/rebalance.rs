@@ -260,8 +260,8 @@ impl Rebalancer {
             return Ok(());
         }
         let want: BTreeSet<&String> = plan.target.iter().collect();
-        let voters: BTreeSet<&String> = m.voters.iter().collect();
-        if want != voters {
+        let changed = want != m.voters.iter().collect::<BTreeSet<_>>();
+        if changed {
             tracing::info!(table_id, partition = p, from = ?m.voters, to = ?plan.target, "rebalancing partition");
             for node in &plan.target {
                 if !m.voters.contains(node) && !m.learners.contains(node) {
@@ -284,28 +284,21 @@ impl Rebalancer {
                     })
                 })
                 .await?;
+            // joint consensus: returns once the final configuration is committed and applied
+            // here (a leader that left steps down right after)
             group.change_membership(&plan.target).await?;
             tracing::info!(table_id, partition = p, voters = ?plan.target, "partition membership changed");
-        }
-        for learner in group.metrics().learners {
-            if !want.contains(&learner) {
-                group.remove_learner(&learner).await?;
-                tracing::info!(table_id, partition = p, node = %learner, "learner removed");
-            }
-        }
-        let m = if want == voters {
-            // nothing changed here: make sure the membership seen is committed (a read index
+        } else {
+            // nothing to change: make sure the membership seen is committed (a read index
             // commits the leader's term, and with it every earlier membership entry)
             group.linearizable_read().await?;
-            group.metrics()
-        } else {
-            // the change returned once the new configuration was applied on this node
-            group.metrics()
-        };
-        let mut voters: Vec<String> = m.voters.clone();
-        if want == voters.iter().collect::<BTreeSet<_>>() {
-            voters.clone_from(&plan.target);
         }
+        let m = group.metrics();
+        let voters = if want == m.voters.iter().collect::<BTreeSet<_>>() {
+            plan.target.clone()
+        } else {
+            m.voters.clone()
+        };
         let stable = StableAssignment {
             index: m.last_applied.map_or(0, |l| l.index),
             voters,
@@ -313,8 +306,19 @@ impl Rebalancer {
         let same = plan.stable.as_ref().is_some_and(|s| {
             s.voters.iter().collect::<BTreeSet<_>>() == stable.voters.iter().collect()
         });
+        // recorded first: nodes that left may destroy their replicas once it is there
         if !same && store_stable(&self.ms, &plan.table, table_id, p, &stable).await? {
             tracing::info!(table_id, partition = p, voters = ?stable.voters, index = stable.index, "stable assignment recorded");
+        }
+        if changed && !want.contains(&self.node) {
+            // this node left the group: the learners are the next leader's
+            return Ok(());
+        }
+        for learner in group.metrics().learners {
+            if !want.contains(&learner) {
+                group.remove_learner(&learner).await?;
+                tracing::info!(table_id, partition = p, node = %learner, "learner removed");
+            }
         }
         Ok(())
     }
