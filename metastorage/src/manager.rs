@@ -775,6 +775,7 @@ impl MetaStorageManager {
             guard,
             stopping: cancel.child_token(),
             network: Arc::clone(&self.network),
+            history: Default::default(),
         });
         *self.running.write() = Some(running);
         Ok(())
@@ -793,6 +794,8 @@ impl MetaStorageManager {
         self.tasks.close();
         self.tasks.wait().await;
         self.etcd.stopped();
+        // a start that finished while this stop waited for the lifecycle lock attached again
+        self.etcd.detach();
         let running = self.running.write().take();
         let deployed = self.watches.lock().deployed.take().is_some();
         let Some(running) = running else {

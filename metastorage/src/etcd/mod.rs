@@ -76,7 +76,7 @@ mod proto;
 mod service;
 mod watch;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use lifecycle::{FaultReporter, StopGuard, StopTicket};
 use parking_lot::{Mutex, RwLock};
@@ -118,7 +118,30 @@ pub(crate) struct Attached {
     pub(crate) stopping: CancellationToken,
     /// The network (peer addresses for `MemberList`).
     pub(crate) network: Arc<network::NetworkManager>,
+    /// `(create_revision, version)` of recently read versions.
+    pub(crate) history: HistoryCache,
 }
+
+/// The derived `create_revision` and `version` of one version of a key.
+#[derive(Debug, Clone, Copy)]
+struct Derived {
+    /// The revision of the version they describe.
+    revision: u64,
+    create: u64,
+    version: u64,
+    /// The compacted revision they were derived at (they depend on it).
+    compacted: u64,
+}
+
+/// Remembers the last derived `(create_revision, version)` per key, so reading a key
+/// again walks back only through the versions written since (one storage read for an
+/// unchanged key) instead of its whole history. Cleared when it grows past
+/// [`HISTORY_CACHE_KEYS`] or the compacted revision moves.
+#[derive(Default)]
+pub(crate) struct HistoryCache(Mutex<HashMap<Vec<u8>, Derived>>);
+
+/// Keys the history cache holds before it starts over.
+const HISTORY_CACHE_KEYS: usize = 65_536;
 
 impl Attached {
     /// The response header at `revision`.
@@ -152,23 +175,69 @@ impl Attached {
     /// `(create_revision, version)` of a live version: walks back through the key's
     /// retained versions until a removal, the first version or the compacted revision.
     pub(crate) fn history(&self, entry: &Entry) -> Result<(u64, u64)> {
-        if entry.tombstone {
-            return Ok((0, 0));
-        }
-        let (mut create, mut version, mut at) = (entry.revision, 1u64, entry.revision);
-        while at > 1 {
-            match self.storage.get(&entry.key, Some(at - 1)) {
-                Ok(Some(prev)) if !prev.tombstone && prev.revision < at => {
-                    create = prev.revision;
-                    version += 1;
-                    at = prev.revision;
-                }
-                Ok(_) | Err(Error::Compacted { .. }) => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok((create, version))
+        derive(self.storage.as_ref(), &self.history, entry)
     }
+}
+
+/// `(create_revision, version)` of `entry` from the history in `storage`, helped by `cache`.
+fn derive(
+    storage: &dyn KeyValueStorage,
+    cache: &HistoryCache,
+    entry: &Entry,
+) -> Result<(u64, u64)> {
+    if entry.tombstone {
+        return Ok((0, 0));
+    }
+    let compacted = storage.compacted_revision();
+    let known = cache
+        .0
+        .lock()
+        .get(&entry.key)
+        .copied()
+        .filter(|d| d.compacted == compacted && d.revision <= entry.revision);
+    let (mut create, mut version, mut at) = (entry.revision, 1u64, entry.revision);
+    // versions counted below `at` so far, on top of `version` (1 for the entry itself)
+    let mut extra = None;
+    loop {
+        if let Some(d) = known.filter(|d| d.revision == at) {
+            // the rest of the walk is known: add what it found below `at`
+            create = d.create;
+            extra = Some(d.version - 1);
+            break;
+        }
+        if at <= 1 {
+            break;
+        }
+        match storage.get(&entry.key, Some(at - 1)) {
+            Ok(Some(prev)) if !prev.tombstone && prev.revision < at => {
+                create = prev.revision;
+                version += 1;
+                at = prev.revision;
+            }
+            Ok(_) | Err(Error::Compacted { .. }) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    let version = version + extra.unwrap_or(0);
+    let mut cache = cache.0.lock();
+    if cache.len() >= HISTORY_CACHE_KEYS {
+        cache.clear();
+    }
+    let newer = cache
+        .get(&entry.key)
+        .is_some_and(|d| d.compacted == compacted && d.revision > entry.revision);
+    if !newer {
+        cache.insert(
+            entry.key.clone(),
+            Derived {
+                revision: entry.revision,
+                create,
+                version,
+                compacted,
+            },
+        );
+    }
+    Ok((create, version))
 }
 
 /// The cluster id as etcd's 64-bit cluster id: both halves of the uuid xor-ed.
@@ -188,7 +257,8 @@ pub(crate) struct Backend {
     attached: RwLock<Option<Arc<Attached>>>,
     cluster: watch_channel::Receiver<Option<ClusterState>>,
     node: Mutex<String>,
-    address: Mutex<Option<SocketAddr>>,
+    /// The bound address and the token that ends that server.
+    address: Mutex<Option<(SocketAddr, CancellationToken)>>,
     tasks: Mutex<TaskTracker>,
 }
 
@@ -223,7 +293,10 @@ impl Backend {
 
     /// Where the endpoint listens.
     pub(crate) fn address(&self) -> Option<SocketAddr> {
-        *self.address.lock()
+        match &*self.address.lock() {
+            Some((address, cancel)) if !cancel.is_cancelled() => Some(*address),
+            _ => None,
+        }
     }
 
     /// The tracker the endpoint's tasks run on.
@@ -272,9 +345,15 @@ impl Endpoint {
             return Ok(address);
         }
         *self.backend.tasks.lock() = tasks.clone();
-        let address =
-            service::serve(Arc::clone(&self.backend), listen, tasks, faults, cancel).await?;
-        *self.backend.address.lock() = Some(address);
+        let address = service::serve(
+            Arc::clone(&self.backend),
+            listen,
+            tasks,
+            faults,
+            cancel.clone(),
+        )
+        .await?;
+        *self.backend.address.lock() = Some((address, cancel));
         tracing::info!(node, address = %address, "etcd endpoint listening");
         Ok(address)
     }
@@ -308,5 +387,84 @@ pub(crate) fn status(e: Error) -> Status {
         Error::Timeout { .. } => Status::unavailable(e.to_string()),
         e if e.is_retryable() => Status::unavailable(e.to_string()),
         e => Status::internal(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{command::CommandOp, storage::MemoryKeyValueStorage};
+
+    /// The reference: walk the whole retained history, no cache.
+    fn reference(storage: &dyn KeyValueStorage, entry: &Entry) -> (u64, u64) {
+        derive(storage, &HistoryCache::default(), entry).expect("derive")
+    }
+
+    #[test]
+    fn version_and_create_revision_follow_the_key_history() {
+        let storage = MemoryKeyValueStorage::new();
+        let cache = HistoryCache::default();
+        let r1 = storage.put(b"k", b"1").unwrap();
+        storage.put(b"other", b"x").unwrap();
+        let r3 = storage.put(b"k", b"2").unwrap();
+        let latest = storage.get(b"k", None).unwrap().unwrap();
+        assert_eq!(derive(&storage, &cache, &latest).unwrap(), (r1, 2));
+        let at_r1 = storage.get(b"k", Some(r1)).unwrap().unwrap();
+        assert_eq!(derive(&storage, &cache, &at_r1).unwrap(), (r1, 1));
+        storage.remove(b"k").unwrap();
+        let r5 = storage.put(b"k", b"3").unwrap();
+        let reborn = storage.get(b"k", None).unwrap().unwrap();
+        assert_eq!(derive(&storage, &cache, &reborn).unwrap(), (r5, 1));
+        storage.put(b"k", b"4").unwrap();
+        storage.compact(r3).unwrap();
+        let after = storage.get(b"k", None).unwrap().unwrap();
+        assert_eq!(derive(&storage, &cache, &after).unwrap(), (r5, 2));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Put(u8),
+        Remove(u8),
+        Compact,
+        Read(u8, u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..4).prop_map(Op::Put),
+            1 => (0u8..4).prop_map(Op::Remove),
+            1 => Just(Op::Compact),
+            3 => (0u8..4, any::<u8>()).prop_map(|(k, r)| Op::Read(k, r)),
+        ]
+    }
+
+    proptest! {
+        /// The cache never changes an answer: cached and uncached derivations agree for
+        /// every key at every readable revision, whatever the order of reads, writes and
+        /// compactions.
+        #[test]
+        fn the_cache_never_changes_an_answer(ops in proptest::collection::vec(op(), 1..80)) {
+            let storage = MemoryKeyValueStorage::new();
+            let cache = HistoryCache::default();
+            for op in ops {
+                match op {
+                    Op::Put(k) => { storage.put(&[k], b"v").unwrap(); }
+                    Op::Remove(k) => { storage.remove(&[k]).unwrap(); }
+                    Op::Compact => {
+                        let target = storage.revision().saturating_sub(2);
+                        storage.apply(&CommandOp::Compact { revision: target }, &Default::default()).unwrap();
+                    }
+                    Op::Read(k, r) => {
+                        let (low, high) = (storage.compacted_revision(), storage.revision());
+                        let at = low + u64::from(r) % (high - low + 1);
+                        if let Some(e) = storage.get(&[k], Some(at)).unwrap() {
+                            prop_assert_eq!(derive(&storage, &cache, &e).unwrap(), reference(&storage, &e));
+                        }
+                    }
+                }
+            }
+        }
     }
 }

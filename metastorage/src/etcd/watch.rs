@@ -96,12 +96,10 @@ impl StreamState {
                 () = stopping.cancelled() => {
                     let node = self.attached.local.clone();
                     self.close().await;
-                    let _ = self
-                        .tx
-                        .send(Err(Status::unavailable(format!(
-                            "metastorage on node {node} is stopping"
-                        ))))
-                        .await;
+                    // never waits: a client that does not read must not hold the stop up
+                    let _ = self.tx.try_send(Err(Status::unavailable(format!(
+                        "metastorage on node {node} is stopping"
+                    ))));
                     return;
                 }
                 () = self.tx.closed() => break,
@@ -110,7 +108,7 @@ impl StreamState {
             match next {
                 Some(Ok(req)) => {
                     if let Err(e) = self.handle(req).await {
-                        let _ = self.tx.send(Err(e)).await;
+                        let _ = self.tx.try_send(Err(e));
                         break;
                     }
                 }
@@ -169,8 +167,13 @@ impl StreamState {
         }
     }
 
+    /// Sends a control response; gives up when the MetaStorage stops (a client that does
+    /// not read must not hold the stop up).
     async fn send(&self, resp: WatchResponse) {
-        let _ = self.tx.send(Ok(resp)).await;
+        tokio::select! {
+            () = self.attached.stopping.cancelled() => {}
+            _ = self.tx.send(Ok(resp)) => {}
+        }
     }
 
     async fn create(&mut self, create: WatchCreateRequest) -> Result<(), Status> {
