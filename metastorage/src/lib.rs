@@ -5,6 +5,9 @@
 //! zombie, then the replicated store: client API, watches, recovery, learners, compaction),
 //! [`ClusterState`] / [`InitRequest`], [`MetaStorageConfiguration`] (the `metastorage`
 //! root) and [`DistributedConfigurationStorage`] (cluster configuration roots in MetaStorage).
+//! With `metastorage.etcd_listen` set the manager also serves etcd's v3 gRPC API (KV,
+//! Watch, Status, MemberList) for etcd clients: see
+//! [`MetaStorageManager::etcd_address`] and the `etcd` module doc for the deviations.
 //!
 //! The core underneath: the [`KeyValueStorage`] trait (swap point) with [`SledKeyValueStorage`]
 //! (on disk) and [`MemoryKeyValueStorage`] (tests, embedding); commands ([`MetaCommand`],

@@ -33,8 +33,9 @@
 //!   **after compaction they count only the versions still kept** (a key written 5 times
 //!   before compaction and once after reports version 2 and the create revision of the
 //!   kept version). Existence is always exact, so the usual `create_revision == 0` and
-//!   `version == 0` "does not exist" compares are exact. Reading them costs one storage
-//!   read per retained version of each returned key.
+//!   `version == 0` "does not exist" compares are exact. The first read of a key costs one
+//!   storage read per retained version; a per-key cache of the last derivation (reset when
+//!   the compacted revision moves) makes later reads walk only the versions written since.
 //! - `Txn` (and `Put` with `prev_kv`/`ignore_value`, `DeleteRange`) is evaluated at a
 //!   linearizable revision R on this node: compares, reads and the keys to delete are taken
 //!   at R, then the writes of the chosen branch go to the Raft log as ONE MetaStorage

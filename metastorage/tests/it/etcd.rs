@@ -8,6 +8,7 @@ use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, PutOptions, SortOrder,
     SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
 };
+use lifecycle::Component;
 use serde_json::json;
 
 use crate::harness::{ctx, Options, TestCluster, TestNode, WAIT};
@@ -526,6 +527,16 @@ async fn transactions_compare_and_swap_and_nest() -> Result<()> {
     // a read-only txn writes nothing
     let ro = c.txn(Txn::new().and_then([TxnOp::get("t", None)])).await?;
     assert_eq!(rev(ro.header()), before);
+
+    // the metastorage level stops and starts again: the endpoint goes away and comes back
+    let n3 = cluster.node("n3");
+    n3.ms.stop().await.map_err(|e| anyhow!("stopping n3: {e}"))?;
+    assert_eq!(n3.ms.etcd_address(), None);
+    let s = status(c3.get("t", None).await);
+    assert_eq!(s.code(), tonic::Code::Unavailable);
+    n3.start_ms().await?;
+    let mut again = connect(n3).await?;
+    assert_eq!(again.get("counter", None).await?.kvs()[0].value(), b"5");
     cluster.stop().await
 }
 
