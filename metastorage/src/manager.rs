@@ -776,6 +776,7 @@ impl MetaStorageManager {
             stopping: cancel.child_token(),
             network: Arc::clone(&self.network),
             history: Default::default(),
+            data_dir: self.vault.data_dir().map(|d| d.join(STORAGE_DIR)),
         });
         *self.running.write() = Some(running);
         Ok(())

@@ -65,7 +65,8 @@
 //!   progress request is answered with the revision every watch of the stream delivered.
 //!   A `DELETE` event's `kv` has the key and `mod_revision` only, as in etcd.
 //! - `Maintenance/Status`: `version` is the etcd API level implemented ("3.5.0"),
-//!   `dbSize` is 0 (not tracked), `leader`, `raftIndex`, `raftAppliedIndex`, `raftTerm`
+//!   `dbSize` the bytes of the node's MetaStorage database directory (0 in memory),
+//!   `dbSizeInUse` 0 (not tracked), `leader`, `raftIndex`, `raftAppliedIndex`, `raftTerm`
 //!   and `isLearner` come from this node's Raft group.
 //! - `Cluster/MemberList`: the voters and learners of the MetaStorage group, ids from their
 //!   names; `peerURLs` is the node's messaging address when it is in the topology;
@@ -121,6 +122,8 @@ pub(crate) struct Attached {
     pub(crate) network: Arc<network::NetworkManager>,
     /// `(create_revision, version)` of recently read versions.
     pub(crate) history: HistoryCache,
+    /// The storage's directory (`None` in memory): `Status` reports its size.
+    pub(crate) data_dir: Option<std::path::PathBuf>,
 }
 
 /// The derived `create_revision` and `version` of one version of a key.

@@ -19,7 +19,7 @@ use super::{
         watch_server::WatchServer,
         Member, MemberListRequest, MemberListResponse, StatusRequest, StatusResponse,
     },
-    status,
+    status, to_i64,
     watch::WatchService,
     Backend, MAX_REQUEST_BYTES,
 };
@@ -66,6 +66,25 @@ async fn unsupported(uri: axum::http::Uri) -> axum::response::Response {
     Status::unimplemented(unsupported_message(uri.path())).into_http()
 }
 
+/// The bytes of the files under `dir` (0 for what cannot be read).
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => pending.push(entry.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
 /// `Maintenance` and `Cluster`.
 pub(crate) struct AdminService(pub(crate) Arc<Backend>);
 
@@ -77,10 +96,16 @@ impl Maintenance for AdminService {
     ) -> std::result::Result<Response<StatusResponse>, Status> {
         let (_ticket, attached) = self.0.enter()?;
         let metrics = attached.client.group().metrics();
+        let db_size = match attached.data_dir.clone() {
+            Some(dir) => tokio::task::spawn_blocking(move || dir_size(&dir))
+                .await
+                .unwrap_or(0),
+            None => 0,
+        };
         Ok(Response::new(StatusResponse {
             header: Some(attached.header(attached.storage.revision())),
             version: API_VERSION.to_owned(),
-            db_size: 0,
+            db_size: to_i64(db_size),
             leader: metrics.leader.as_deref().map_or(0, raft::node_id),
             raft_index: metrics.last_log_index.unwrap_or(0),
             raft_term: metrics.term,

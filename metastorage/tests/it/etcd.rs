@@ -530,7 +530,10 @@ async fn transactions_compare_and_swap_and_nest() -> Result<()> {
 
     // the metastorage level stops and starts again: the endpoint goes away and comes back
     let n3 = cluster.node("n3");
-    n3.ms.stop().await.map_err(|e| anyhow!("stopping n3: {e}"))?;
+    n3.ms
+        .stop()
+        .await
+        .map_err(|e| anyhow!("stopping n3: {e}"))?;
     assert_eq!(n3.ms.etcd_address(), None);
     let s = status(c3.get("t", None).await);
     assert_eq!(s.code(), tonic::Code::Unavailable);
@@ -566,7 +569,8 @@ async fn collect(stream: &mut WatchStream, last: i64, seen: &mut Vec<i64>) -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn watch_replays_and_survives_a_leader_change() -> Result<()> {
-    let mut cluster = TestCluster::start(3, false, options()).await?;
+    // persistent nodes: Status reports the size of the database on disk
+    let mut cluster = TestCluster::start(3, true, options()).await?;
     cluster.init_and_start("n1").await?;
     let leader = cluster
         .node("n1")
@@ -583,6 +587,10 @@ async fn watch_replays_and_survives_a_leader_change() -> Result<()> {
         .name
         .clone();
     let mut writer = connect(cluster.node(&survivor)).await?;
+    assert!(
+        writer.status().await?.db_size() > 0,
+        "database size on disk"
+    );
     let mut watcher = connect(cluster.node(&survivor)).await?;
     let mut written = Vec::new();
     for i in 0..4 {
