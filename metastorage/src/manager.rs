@@ -839,8 +839,9 @@ impl MetaStorageManager {
 
     /// Serves the etcd endpoint before [`start`](Component::start) (a node waiting for
     /// cluster init), so clients get `UNAVAILABLE` "cluster is not initialized" instead of a
-    /// refused connection. `start` serves it anyway and `stop` ends it. Returns the bound
-    /// address, `None` when `etcd_listen` is not set.
+    /// refused connection. `start` serves it anyway; `stop` ends it, also when `start`
+    /// never ran (so a node that called this must stop the component even if it stays a
+    /// zombie). Returns the bound address, `None` when `etcd_listen` is not set.
     pub async fn serve_etcd(&self, ctx: &StartContext) -> Result<Option<SocketAddr>> {
         let _serial = self.lifecycle.lock().await;
         let Some(listen) = self.configuration()?.etcd_listen else {

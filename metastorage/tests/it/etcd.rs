@@ -155,6 +155,29 @@ async fn kv_range_delete_status_and_errors() -> Result<()> {
         .get("p/a", Some(GetOptions::new().with_range("p/c")))
         .await?;
     assert_eq!(ranged.count(), 2);
+    let p_c = c3.get("p/c", None).await?.kvs()[0].mod_revision();
+    let newest = c3
+        .get(
+            "p/",
+            Some(GetOptions::new().with_prefix().with_min_mod_revision(p_c)),
+        )
+        .await?;
+    let keys: Vec<&[u8]> = newest.kvs().iter().map(|kv| kv.key()).collect();
+    assert_eq!(keys, [&b"p/c"[..]], "filters apply, count does not change");
+    assert_eq!(newest.count(), 3);
+    let by_key_desc = c3
+        .get(
+            "p/",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Key, SortOrder::Descend)
+                    .with_limit(1),
+            ),
+        )
+        .await?;
+    assert_eq!(by_key_desc.kvs()[0].key(), b"p/c");
+    assert!(by_key_desc.more());
     // serializable reads are local: wait until n3 applied the last write
     let last = rev(c1.get("q", None).await?.header());
     tokio::time::timeout(WAIT, async {
