@@ -8,6 +8,10 @@
 //! (the leader's network stopped without leaving -> next accepted write) and restart to
 //! serving with 100,000 keys (one node: stop, start again, first linearizable get answers).
 //! Prints one table with the goals and measured/goal ratios.
+//!
+//! Cells can be picked by name (`1n-put`, `1n-get`, `3n-put`, `3n-get`, `watch`, `failover`,
+//! `restart`): as arguments (`cargo bench -p metastorage --bench load -- 3n-put watch`) or
+//! in `METASTORAGE_BENCH` (comma-separated). No name: every cell.
 use std::{
     fmt::Write as _,
     path::Path,
@@ -542,19 +546,69 @@ fn table(rows: &[Row]) -> String {
     out
 }
 
+/// The cells to run: none named means all.
+struct Filter(Vec<String>);
+
+impl Filter {
+    const CELLS: [&'static str; 7] = [
+        "1n-put", "1n-get", "3n-put", "3n-get", "watch", "failover", "restart",
+    ];
+
+    fn from_env() -> Result<Self> {
+        let mut names: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|a| !a.starts_with("--"))
+            .collect();
+        if let Ok(list) = std::env::var("METASTORAGE_BENCH") {
+            names.extend(
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        if let Some(unknown) = names.iter().find(|n| !Self::CELLS.contains(&n.as_str())) {
+            bail!(
+                "unknown bench cell {unknown}: one of {}",
+                Self::CELLS.join(", ")
+            );
+        }
+        Ok(Self(names))
+    }
+
+    fn wants(&self, cell: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|n| n == cell)
+    }
+}
+
 async fn run() -> Result<()> {
+    let filter = Filter::from_env()?;
     let total = Instant::now();
     let mut rows = Vec::new();
     let mut next_key = 0usize;
     let mut failover_row = None;
     let mut watch_row = None;
     for n in [1usize, 3] {
+        let (put, get) = (
+            filter.wants(&format!("{n}n-put")),
+            filter.wants(&format!("{n}n-get")),
+        );
+        let (watch, fail) = (
+            n > 1 && filter.wants("watch"),
+            n > 1 && filter.wants("failover"),
+        );
+        if !(put || get || watch || fail) {
+            continue;
+        }
         println!("{n}-node cluster: starting");
-        let (mut cluster, mut receivers) = Cluster::start(n, n > 1).await?;
+        let (mut cluster, mut receivers) = Cluster::start(n, watch).await?;
         let managers = cluster.managers();
         // the 1-in-flight put cell writes a dense run of keys: the gets read those
         let mut dense = (0, 0);
         for in_flight in [1, IN_FLIGHT] {
+            if !(put || (get && in_flight == 1)) {
+                continue;
+            }
             let first = next_key;
             next_key += KEYS_PER_CELL;
             let mut t = puts(&managers, in_flight, first).await?;
@@ -567,9 +621,14 @@ async fn run() -> Result<()> {
                 "  {} {} p50 {} p99 {}",
                 row.name, row.value, row.p50, row.p99
             );
-            rows.push(row);
+            if put {
+                rows.push(row);
+            }
         }
         for in_flight in [1, IN_FLIGHT] {
+            if !get {
+                break;
+            }
             let mut t = gets(&managers, in_flight, dense.0, dense.1).await?;
             let row = Row::throughput(
                 format!("{n}-node linearizable get, {in_flight} in flight"),
@@ -582,7 +641,7 @@ async fn run() -> Result<()> {
             );
             rows.push(row);
         }
-        if n > 1 {
+        if watch {
             // put on n1, listener on the last node
             let writer = Arc::clone(&cluster.nodes[0].ms);
             let rx = receivers.last_mut().context("a watch receiver")?;
@@ -594,7 +653,9 @@ async fn run() -> Result<()> {
             );
             println!("  {} p50 {} p99 {}", row.name, row.p50, row.p99);
             watch_row = Some(row);
-            drop(receivers);
+        }
+        drop(receivers);
+        if fail {
             let (took, leader) = failover(&mut cluster).await?;
             println!("  leader failover ({leader} stopped): {}", ms(took));
             failover_row = Some(Row::once(
@@ -607,14 +668,16 @@ async fn run() -> Result<()> {
     }
     rows.extend(watch_row);
     rows.extend(failover_row);
-    println!("restart: writing {RESTART_KEYS} keys to one node");
-    let restart = restart_with_keys().await?;
-    println!("  restart to serving: {}", ms(restart));
-    rows.push(Row::once(
-        &format!("1-node restart to serving, {}k keys", RESTART_KEYS / 1000),
-        restart,
-        Duration::from_millis(300),
-    ));
+    if filter.wants("restart") {
+        println!("restart: writing {RESTART_KEYS} keys to one node");
+        let restart = restart_with_keys().await?;
+        println!("  restart to serving: {}", ms(restart));
+        rows.push(Row::once(
+            &format!("1-node restart to serving, {}k keys", RESTART_KEYS / 1000),
+            restart,
+            Duration::from_millis(300),
+        ));
+    }
     print!("{}", table(&rows));
     println!(
         "({}-byte keys, {VALUE_BYTES}-byte values, sled, {}s per throughput cell, raft and \

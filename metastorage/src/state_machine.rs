@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::{
-    command::{CommandResponse, MetaCommand},
+    command::{CommandOp, CommandResponse, MetaCommand},
     entry::LogPosition,
     error::Result,
     storage::{ApplyContext, KeyValueStorage, StorageSnapshot},
@@ -76,19 +76,70 @@ impl MetaStateMachine {
     }
 
     /// Apply the commands of one log entry (a group commit) in order; one encoded
-    /// [`CommandResponse`] per command. Each command commits atomically on its own, and only
-    /// the last one records `position`: after a crash part-way the entry is replayed, and
-    /// the commands already applied are recognised by their ids and answer their first
-    /// outcome again, so none is lost or applied twice.
+    /// [`CommandResponse`] per command, the same as applying them one by one. The storage
+    /// applies them together ([`KeyValueStorage::apply_batch`]: one sled transaction) and
+    /// records `position` with the last one: a storage that commits the batch atomically
+    /// keeps all of it or none; one that commits command by command leaves the entry
+    /// unrecorded after a crash part-way, so it is replayed and the commands already applied
+    /// are recognised by their ids and answer their first outcome again.
     pub fn apply_batch(&self, position: LogPosition, commands: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
-        let last = commands.len().saturating_sub(1);
-        let responses = commands
-            .iter()
-            .enumerate()
-            .map(|(i, command)| self.apply_one(position, command, i == last))
-            .collect::<Result<Vec<_>>>();
+        let position = self.monotonic(position);
+        let mut items = Vec::with_capacity(commands.len() + 1);
+        // per command: the index of its storage item, or why it is invalid
+        let mut slots = Vec::with_capacity(commands.len());
+        for command in commands {
+            match MetaCommand::decode(command) {
+                Ok(cmd) => {
+                    slots.push(Ok(items.len()));
+                    let ctx = ApplyContext {
+                        id: Some(cmd.id),
+                        position: None,
+                    };
+                    items.push((cmd.op, ctx));
+                }
+                Err(e) => {
+                    tracing::warn!(index = position.index, term = position.term, error = %e, "log entry is not a metastorage command");
+                    slots.push(Err(e.to_string()));
+                }
+            }
+        }
+        match (items.last_mut(), slots.last()) {
+            // the last command is applied: it records the position
+            (Some((_, ctx)), Some(Ok(_))) => ctx.position = Some(position),
+            // it is not: an empty write after everything records it
+            _ => items.push((
+                CommandOp::Write { ops: Vec::new() },
+                ApplyContext {
+                    id: None,
+                    position: Some(position),
+                },
+            )),
+        }
+        let outcomes = self.storage.apply_batch(&items);
         self.publish();
-        responses
+        let outcomes = outcomes?;
+        slots
+            .into_iter()
+            .map(|slot| {
+                let response = match slot {
+                    Ok(i) => match outcomes.get(i) {
+                        Some(outcome) => CommandResponse::Applied(*outcome),
+                        None => {
+                            return Err(crate::error::Error::Corrupt {
+                                path: Default::default(),
+                                reason: format!(
+                                    "{} outcomes to a batch of {} commands",
+                                    outcomes.len(),
+                                    items.len()
+                                ),
+                            })
+                        }
+                    },
+                    Err(reason) => CommandResponse::Invalid { reason },
+                };
+                response.encode()
+            })
+            .collect()
     }
 
     /// One command; records `position` only when `record`.
@@ -121,8 +172,11 @@ impl MetaStateMachine {
         self.storage.advance(self.monotonic(position))
     }
 
-    /// A full snapshot of the current state.
+    /// A full snapshot of the current state. The state is flushed first: Raft may purge
+    /// the log up to the snapshot, so what the snapshot covers must not depend on the log
+    /// any more.
     pub fn snapshot(&self) -> Result<StateMachineSnapshot> {
+        self.storage.flush()?;
         let s = self.storage.snapshot()?;
         Ok(StateMachineSnapshot {
             last_applied: s.last_applied,

@@ -8,7 +8,8 @@
 //! - `commands`: command id -> `seq(be)` + outcome; `command_order`: `seq(be)` -> id;
 //! - `meta`: the counters and the last applied log position.
 //!
-//! A commit is one sled transaction over all trees. Readers never see half a commit: the
+//! A commit is one sled transaction over all trees; a batch of commands (one Raft entry)
+//! is one transaction too. Readers never see half a commit: the
 //! counters are published in memory after the transaction, and reads only look at
 //! revisions at or below the published one. Compaction first commits its new revision,
 //! then prunes history under a lock that readers share; a crash mid-prune is finished at
@@ -54,6 +55,15 @@ mod meta_key {
 struct StoredVersion {
     value: Option<Vec<u8>>,
     update_counter: u64,
+}
+
+/// One write set, encoded for sled.
+struct EncodedWriteSet {
+    revision: u64,
+    rows: Vec<(Vec<u8>, Vec<u8>)>,
+    index: Option<Vec<u8>>,
+    record: Option<(CommandRecord, Vec<u8>)>,
+    evict: Option<(u64, CommandId)>,
 }
 
 struct Trees {
@@ -286,6 +296,99 @@ impl SledKeyValueStorage {
         Ok(())
     }
 
+    /// Encode what one write set stores.
+    fn encode_write_set(ws: WriteSet) -> Result<EncodedWriteSet> {
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = ws
+            .entries
+            .iter()
+            .map(|e| {
+                let stored = StoredVersion {
+                    value: e.value.clone(),
+                    update_counter: e.update_counter,
+                };
+                postcard::to_allocvec(&stored)
+                    .map(|v| (versioned(&e.key, e.revision), v))
+                    .map_err(|err| Error::encode("entry", err))
+            })
+            .collect::<Result<_>>()?;
+        let index = if ws.entries.is_empty() {
+            None
+        } else {
+            let keys: Vec<&[u8]> = ws.entries.iter().map(|e| e.key.as_slice()).collect();
+            Some(postcard::to_allocvec(&keys).map_err(|e| Error::encode("revision index", e))?)
+        };
+        let record = ws
+            .record
+            .map(|r| {
+                postcard::to_allocvec(&(r.seq, r.outcome))
+                    .map(|v| (r, v))
+                    .map_err(|e| Error::encode("command record", e))
+            })
+            .transpose()?;
+        Ok(EncodedWriteSet {
+            revision: ws.meta.revision,
+            rows,
+            index,
+            record,
+            evict: ws.evict,
+        })
+    }
+
+    /// Write `sets` in order and the counters of the last one in ONE sled transaction
+    /// (sled writes its log buffer once per transaction, so a batch costs what a single
+    /// command does). Publishing the counters is the caller's.
+    fn transact(&self, sets: Vec<WriteSet>) -> Result<()> {
+        let Some(m) = sets.last().map(|ws| ws.meta) else {
+            return Ok(());
+        };
+        let encoded = sets
+            .into_iter()
+            .map(Self::encode_write_set)
+            .collect::<Result<Vec<_>>>()?;
+        let t = &self.trees;
+        self.call(|| {
+            (
+                &t.entries,
+                &t.revisions,
+                &t.commands,
+                &t.command_order,
+                &t.meta,
+            )
+                .transaction(|(entries, revisions, commands, order, meta)| {
+                    for ws in &encoded {
+                        for (k, v) in &ws.rows {
+                            entries.insert(k.as_slice(), v.as_slice())?;
+                        }
+                        if let Some(index) = &ws.index {
+                            revisions.insert(&ws.revision.to_be_bytes(), index.as_slice())?;
+                        }
+                        if let Some((r, v)) = &ws.record {
+                            commands.insert(&r.id.to_bytes(), v.as_slice())?;
+                            order.insert(&r.seq.to_be_bytes(), &r.id.to_bytes())?;
+                        }
+                        if let Some((seq, id)) = ws.evict {
+                            order.remove(&seq.to_be_bytes())?;
+                            commands.remove(&id.to_bytes())?;
+                        }
+                    }
+                    meta.insert(meta_key::REVISION, &m.revision.to_be_bytes())?;
+                    meta.insert(meta_key::COMPACTED, &m.compacted.to_be_bytes())?;
+                    meta.insert(meta_key::UPDATE_COUNTER, &m.update_counter.to_be_bytes())?;
+                    meta.insert(meta_key::COMMAND_SEQ, &m.command_seq.to_be_bytes())?;
+                    if let Some(p) = m.last_applied {
+                        meta.insert(meta_key::LAST_APPLIED, &p.to_bytes())?;
+                    }
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| match e {
+                    sled::transaction::TransactionError::Storage(e) => e,
+                    sled::transaction::TransactionError::Abort(()) => {
+                        sled::Error::Unsupported("transaction aborted".into())
+                    }
+                })
+        })
+    }
+
     fn flush_impl(&self) -> Result<()> {
         self.call(|| self.db.flush().map(drop))
     }
@@ -443,75 +546,10 @@ impl Backend for SledKeyValueStorage {
     }
 
     fn commit(&self, ws: WriteSet) -> Result<()> {
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = ws
-            .entries
-            .iter()
-            .map(|e| {
-                let stored = StoredVersion {
-                    value: e.value.clone(),
-                    update_counter: e.update_counter,
-                };
-                postcard::to_allocvec(&stored)
-                    .map(|v| (versioned(&e.key, e.revision), v))
-                    .map_err(|err| Error::encode("entry", err))
-            })
-            .collect::<Result<_>>()?;
-        let index = if ws.entries.is_empty() {
-            None
-        } else {
-            let keys: Vec<&[u8]> = ws.entries.iter().map(|e| e.key.as_slice()).collect();
-            Some(postcard::to_allocvec(&keys).map_err(|e| Error::encode("revision index", e))?)
-        };
-        let record = ws
-            .record
-            .map(|r| {
-                postcard::to_allocvec(&(r.seq, r.outcome))
-                    .map(|v| (r, v))
-                    .map_err(|e| Error::encode("command record", e))
-            })
-            .transpose()?;
+        let compact = ws.compact;
         let m = ws.meta;
-        let t = &self.trees;
-        self.call(|| {
-            (
-                &t.entries,
-                &t.revisions,
-                &t.commands,
-                &t.command_order,
-                &t.meta,
-            )
-                .transaction(|(entries, revisions, commands, order, meta)| {
-                    for (k, v) in &rows {
-                        entries.insert(k.as_slice(), v.as_slice())?;
-                    }
-                    if let Some(index) = &index {
-                        revisions.insert(&m.revision.to_be_bytes(), index.as_slice())?;
-                    }
-                    if let Some((r, v)) = &record {
-                        commands.insert(&r.id.to_bytes(), v.as_slice())?;
-                        order.insert(&r.seq.to_be_bytes(), &r.id.to_bytes())?;
-                    }
-                    if let Some((seq, id)) = ws.evict {
-                        order.remove(&seq.to_be_bytes())?;
-                        commands.remove(&id.to_bytes())?;
-                    }
-                    meta.insert(meta_key::REVISION, &m.revision.to_be_bytes())?;
-                    meta.insert(meta_key::COMPACTED, &m.compacted.to_be_bytes())?;
-                    meta.insert(meta_key::UPDATE_COUNTER, &m.update_counter.to_be_bytes())?;
-                    meta.insert(meta_key::COMMAND_SEQ, &m.command_seq.to_be_bytes())?;
-                    if let Some(p) = m.last_applied {
-                        meta.insert(meta_key::LAST_APPLIED, &p.to_bytes())?;
-                    }
-                    Ok::<(), ConflictableTransactionError<()>>(())
-                })
-                .map_err(|e| match e {
-                    sled::transaction::TransactionError::Storage(e) => e,
-                    sled::transaction::TransactionError::Abort(()) => {
-                        sled::Error::Unsupported("transaction aborted".into())
-                    }
-                })
-        })?;
-        if ws.compact {
+        self.transact(vec![ws])?;
+        if compact {
             {
                 let _exclusive = self.prune.write();
                 *self.meta.write() = m;
@@ -520,6 +558,18 @@ impl Backend for SledKeyValueStorage {
         } else {
             *self.meta.write() = m;
         }
+        Ok(())
+    }
+
+    fn commit_batch(&self, sets: Vec<WriteSet>) -> Result<()> {
+        if sets.iter().any(|ws| ws.compact) {
+            return sets.into_iter().try_for_each(|ws| self.commit(ws));
+        }
+        let Some(m) = sets.last().map(|ws| ws.meta) else {
+            return Ok(());
+        };
+        self.transact(sets)?;
+        *self.meta.write() = m;
         Ok(())
     }
 

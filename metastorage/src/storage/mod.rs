@@ -146,6 +146,14 @@ pub trait KeyValueStorage: Send + Sync + 'static {
     fn revision_entries(&self, revision: u64) -> Result<Vec<Entry>>;
     /// Apply one write command atomically with its bookkeeping (see [`ApplyContext`]).
     fn apply(&self, op: &CommandOp, ctx: &ApplyContext) -> Result<Outcome>;
+    /// Apply several commands in order with the same outcomes and final state as applying
+    /// them one by one (each sees the ones before it; command ids and their window
+    /// included). Readers see each command whole. The default applies them one by one; the
+    /// sled storage commits the whole batch in one transaction (one log write instead of
+    /// one per command), so a crash keeps all of it or none.
+    fn apply_batch(&self, items: &[(CommandOp, ApplyContext)]) -> Result<Vec<Outcome>> {
+        items.iter().map(|(op, ctx)| self.apply(op, ctx)).collect()
+    }
     /// A full copy of the state.
     fn snapshot(&self) -> Result<StorageSnapshot>;
     /// Replace the whole state with `snapshot`.
@@ -211,5 +219,156 @@ pub trait KeyValueStorage: Send + Sync + 'static {
         }
         self.apply(&CommandOp::Compact { revision }, &ApplyContext::default())
             .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::command::{CompareOp, Condition};
+
+    fn key() -> impl Strategy<Value = Vec<u8>> {
+        prop::sample::select(vec![
+            b"".to_vec(),
+            b"\x00".to_vec(),
+            b"a".to_vec(),
+            b"a\x00".to_vec(),
+            b"b".to_vec(),
+        ])
+    }
+
+    fn value() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(prop::sample::select(vec![0u8, b'a', b'b']), 0..3)
+    }
+
+    fn operation() -> impl Strategy<Value = Operation> {
+        prop_oneof![
+            3 => (key(), value()).prop_map(|(k, v)| Operation::put(k, v)),
+            2 => key().prop_map(Operation::remove),
+        ]
+    }
+
+    fn condition() -> impl Strategy<Value = Condition> {
+        let leaf = prop_oneof![
+            (key(), value()).prop_map(|(k, v)| Condition::value(k, CompareOp::Eq, v)),
+            (key(), 0u64..10).prop_map(|(k, r)| Condition::revision(k, CompareOp::Le, r)),
+            key().prop_map(Condition::exists),
+            key().prop_map(Condition::not_exists),
+            key().prop_map(Condition::tombstone),
+        ];
+        leaf.prop_recursive(2, 6, 2, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Condition::All),
+                prop::collection::vec(inner, 0..3).prop_map(Condition::Any),
+            ]
+        })
+    }
+
+    fn op() -> impl Strategy<Value = CommandOp> {
+        prop_oneof![
+            6 => prop::collection::vec(operation(), 0..3).prop_map(|ops| CommandOp::Write { ops }),
+            3 => (condition(), prop::collection::vec(operation(), 0..3), prop::collection::vec(operation(), 0..2))
+                .prop_map(|(c, s, f)| CommandOp::invoke(c, s, f)),
+            1 => (0u64..12).prop_map(|revision| CommandOp::Compact { revision }),
+        ]
+    }
+
+    /// Commands with ids from a small pool (retries, and ids evicted from a window of 3
+    /// then reused), some without an id.
+    fn item() -> impl Strategy<Value = (CommandOp, Option<u64>)> {
+        (op(), prop::option::weighted(0.9, 0u64..8))
+    }
+
+    /// Batches as Raft entries: the last command of each records the entry's position.
+    fn batches() -> impl Strategy<Value = Vec<Vec<(CommandOp, Option<u64>)>>> {
+        prop::collection::vec(prop::collection::vec(item(), 1..8), 1..6)
+    }
+
+    const WINDOW: u64 = 3;
+
+    fn contexts(batches: &[Vec<(CommandOp, Option<u64>)>]) -> Vec<Vec<(CommandOp, ApplyContext)>> {
+        batches
+            .iter()
+            .enumerate()
+            .map(|(b, batch)| {
+                let last = batch.len() - 1;
+                batch
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (op, id))| {
+                        let ctx = ApplyContext {
+                            id: id.map(|seq| CommandId::new(uuid::Uuid::from_u128(1), seq)),
+                            position: (i == last).then(|| LogPosition::new(b as u64 + 1, 1)),
+                        };
+                        (op.clone(), ctx)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn one_by_one(
+        s: &dyn KeyValueStorage,
+        batches: &[Vec<(CommandOp, ApplyContext)>],
+    ) -> Vec<Outcome> {
+        batches
+            .iter()
+            .flatten()
+            .map(|(op, ctx)| s.apply(op, ctx).expect("apply"))
+            .collect()
+    }
+
+    fn batched(
+        s: &dyn KeyValueStorage,
+        batches: &[Vec<(CommandOp, ApplyContext)>],
+    ) -> Vec<Outcome> {
+        batches
+            .iter()
+            .flat_map(|batch| s.apply_batch(batch).expect("apply batch"))
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// A batch gives the outcomes and state of its commands applied one by one, on
+        /// memory and on sled (also after reopening).
+        #[test]
+        fn apply_batch_equals_one_by_one(batches in batches()) {
+            let batches = contexts(&batches);
+            let reference = MemoryKeyValueStorage::with_command_window(WINDOW);
+            let expected = one_by_one(&reference, &batches);
+            let expected_state = reference.snapshot().expect("snapshot");
+
+            let memory = MemoryKeyValueStorage::with_command_window(WINDOW);
+            prop_assert_eq!(&batched(&memory, &batches), &expected);
+            prop_assert_eq!(&memory.snapshot().expect("snapshot"), &expected_state);
+
+            let dir = tempfile::tempdir().expect("temp dir");
+            let single = SledKeyValueStorage::open_with_command_window(dir.path().join("single"), WINDOW)
+                .expect("open");
+            prop_assert_eq!(&one_by_one(&single, &batches), &expected);
+            prop_assert_eq!(&single.snapshot().expect("snapshot"), &expected_state);
+
+            let path = dir.path().join("batched");
+            let sled = SledKeyValueStorage::open_with_command_window(&path, WINDOW).expect("open");
+            prop_assert_eq!(&batched(&sled, &batches), &expected);
+            prop_assert_eq!(&sled.snapshot().expect("snapshot"), &expected_state);
+            for (key, _) in batches.iter().flatten().filter_map(|(op, _)| match op {
+                CommandOp::Write { ops } => ops.first().map(|o| (o.key().to_vec(), ())),
+                _ => None,
+            }) {
+                prop_assert_eq!(
+                    sled.get(&key, None).expect("get"),
+                    reference.get(&key, None).expect("get")
+                );
+            }
+            drop(sled);
+            let reopened = SledKeyValueStorage::open_with_command_window(&path, WINDOW).expect("reopen");
+            prop_assert_eq!(&reopened.snapshot().expect("snapshot"), &expected_state);
+            prop_assert_eq!(reopened.last_applied(), Some(LogPosition::new(batches.len() as u64, 1)));
+        }
     }
 }

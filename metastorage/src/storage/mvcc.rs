@@ -1,7 +1,7 @@
 //! The MVCC rules both storages share: how a command becomes versions, idempotency by
 //! command id, and read-revision checks. A [`Backend`] supplies the physical layout and an
 //! atomic [`Backend::commit`]; everything deterministic lives here, once.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use parking_lot::Mutex;
 
@@ -77,6 +77,12 @@ pub(crate) trait Backend {
     fn command_at_seq(&self, seq: u64) -> Result<Option<CommandId>>;
     /// Apply `ws` atomically, then publish its meta.
     fn commit(&self, ws: WriteSet) -> Result<()>;
+    /// Apply the write sets of consecutive commands (none compacts), in order; readers see
+    /// each command whole. The default commits them one by one; a backend may commit them
+    /// in one atomic step (one sled transaction instead of one per command).
+    fn commit_batch(&self, sets: Vec<WriteSet>) -> Result<()> {
+        sets.into_iter().try_for_each(|ws| self.commit(ws))
+    }
     /// Everything, for a snapshot (called with the writer lock held).
     fn export(&self) -> Result<StorageSnapshot>;
     /// Replace everything (called with the writer lock held).
@@ -175,10 +181,160 @@ pub(crate) fn revision_entries(b: &impl Backend, revision: u64) -> Result<Vec<En
     Ok(out)
 }
 
+/// What planning a command reads: the committed state, or the committed state plus the
+/// earlier commands of the batch being planned.
+trait View {
+    fn version_at(&self, key: &[u8], revision: u64) -> Result<Option<Entry>>;
+    fn command(&self, id: &CommandId) -> Result<Option<Outcome>>;
+    fn command_at_seq(&self, seq: u64) -> Result<Option<CommandId>>;
+}
+
+/// The committed state of a backend.
+struct Committed<'a, B>(&'a B);
+
+impl<B: Backend> View for Committed<'_, B> {
+    fn version_at(&self, key: &[u8], revision: u64) -> Result<Option<Entry>> {
+        self.0.version_at(key, revision)
+    }
+    fn command(&self, id: &CommandId) -> Result<Option<Outcome>> {
+        self.0.command(id)
+    }
+    fn command_at_seq(&self, seq: u64) -> Result<Option<CommandId>> {
+        self.0.command_at_seq(seq)
+    }
+}
+
+/// The committed state of a backend with the planned, not yet committed write sets of a
+/// batch on top: each command of a batch sees the ones before it.
+struct Overlay<'a, B> {
+    base: &'a B,
+    /// key -> the versions the batch wrote, ascending revision
+    versions: HashMap<Vec<u8>, Vec<Entry>>,
+    commands: HashMap<CommandId, Outcome>,
+    order: HashMap<u64, CommandId>,
+    /// ids and sequence numbers the batch evicted from the window
+    evicted: HashSet<CommandId>,
+    evicted_seqs: HashSet<u64>,
+}
+
+impl<'a, B: Backend> Overlay<'a, B> {
+    fn new(base: &'a B) -> Self {
+        Self {
+            base,
+            versions: HashMap::new(),
+            commands: HashMap::new(),
+            order: HashMap::new(),
+            evicted: HashSet::new(),
+            evicted_seqs: HashSet::new(),
+        }
+    }
+
+    /// Lay a planned write set on top, in the order [`Backend::commit`] applies it.
+    fn absorb(&mut self, ws: &WriteSet) {
+        for e in &ws.entries {
+            self.versions
+                .entry(e.key.clone())
+                .or_default()
+                .push(e.clone());
+        }
+        if let Some(r) = ws.record {
+            self.commands.insert(r.id, r.outcome);
+            self.evicted.remove(&r.id);
+            self.order.insert(r.seq, r.id);
+        }
+        if let Some((seq, id)) = ws.evict {
+            self.order.remove(&seq);
+            self.evicted_seqs.insert(seq);
+            self.commands.remove(&id);
+            self.evicted.insert(id);
+        }
+    }
+}
+
+impl<B: Backend> View for Overlay<'_, B> {
+    fn version_at(&self, key: &[u8], revision: u64) -> Result<Option<Entry>> {
+        if let Some(history) = self.versions.get(key) {
+            let n = history.partition_point(|e| e.revision <= revision);
+            if let Some(i) = n.checked_sub(1) {
+                return Ok(Some(history[i].clone()));
+            }
+        }
+        self.base.version_at(key, revision)
+    }
+    fn command(&self, id: &CommandId) -> Result<Option<Outcome>> {
+        if let Some(outcome) = self.commands.get(id) {
+            return Ok(Some(*outcome));
+        }
+        if self.evicted.contains(id) {
+            return Ok(None);
+        }
+        self.base.command(id)
+    }
+    fn command_at_seq(&self, seq: u64) -> Result<Option<CommandId>> {
+        if let Some(id) = self.order.get(&seq) {
+            return Ok(Some(*id));
+        }
+        if self.evicted_seqs.contains(&seq) {
+            return Ok(None);
+        }
+        self.base.command_at_seq(seq)
+    }
+}
+
 /// Apply `op` with its bookkeeping: the one write path of every storage.
 pub(crate) fn apply(b: &impl Backend, op: &CommandOp, ctx: &ApplyContext) -> Result<Outcome> {
     let _writer = b.writer().lock();
-    let meta = b.meta();
+    let (ws, outcome) = plan(&Committed(b), b.meta(), b.command_window(), op, ctx)?;
+    b.commit(ws)?;
+    Ok(outcome)
+}
+
+/// Apply `items` in order, as if one by one, committing them together
+/// ([`Backend::commit_batch`]): each command is planned over the committed state plus the
+/// commands before it in the batch. A compaction commits what is planned before it and
+/// commits on its own (it prunes committed history, which later commands must see).
+pub(crate) fn apply_batch(
+    b: &impl Backend,
+    items: &[(CommandOp, ApplyContext)],
+) -> Result<Vec<Outcome>> {
+    let _writer = b.writer().lock();
+    let window = b.command_window();
+    let mut outcomes = Vec::with_capacity(items.len());
+    let mut sets = Vec::new();
+    let mut overlay = Overlay::new(b);
+    let mut meta = b.meta();
+    for (op, ctx) in items {
+        if matches!(op, CommandOp::Compact { .. }) {
+            if !sets.is_empty() {
+                b.commit_batch(std::mem::take(&mut sets))?;
+            }
+            let (ws, outcome) = plan(&Committed(b), b.meta(), window, op, ctx)?;
+            b.commit(ws)?;
+            overlay = Overlay::new(b);
+            meta = b.meta();
+            outcomes.push(outcome);
+            continue;
+        }
+        let (ws, outcome) = plan(&overlay, meta, window, op, ctx)?;
+        overlay.absorb(&ws);
+        meta = ws.meta;
+        sets.push(ws);
+        outcomes.push(outcome);
+    }
+    if !sets.is_empty() {
+        b.commit_batch(sets)?;
+    }
+    Ok(outcomes)
+}
+
+/// What `op` changes on top of `view` (whose counters are `meta`), and its outcome.
+fn plan(
+    view: &impl View,
+    meta: Meta,
+    window: u64,
+    op: &CommandOp,
+    ctx: &ApplyContext,
+) -> Result<(WriteSet, Outcome)> {
     let mut ws = WriteSet {
         meta,
         ..WriteSet::default()
@@ -187,15 +343,14 @@ pub(crate) fn apply(b: &impl Backend, op: &CommandOp, ctx: &ApplyContext) -> Res
         ws.meta.last_applied = ctx.position;
     }
     if let Some(id) = ctx.id {
-        if let Some(first) = b.command(&id)? {
+        if let Some(first) = view.command(&id)? {
             tracing::debug!(client = %id.client, seq = id.seq, revision = first.revision, "command retried: returning its first outcome");
-            b.commit(ws)?;
-            return Ok(first);
+            return Ok((ws, first));
         }
     }
     let outcome = match op {
         CommandOp::Write { ops } => {
-            plan_ops(b, &mut ws, ops)?;
+            plan_ops(view, &mut ws, ops)?;
             Outcome {
                 revision: ws.meta.revision,
                 succeeded: true,
@@ -206,8 +361,8 @@ pub(crate) fn apply(b: &impl Backend, op: &CommandOp, ctx: &ApplyContext) -> Res
             success,
             failure,
         } => {
-            let held = condition.evaluate(&mut |key| b.version_at(key, meta.revision))?;
-            plan_ops(b, &mut ws, if held { success } else { failure })?;
+            let held = condition.evaluate(&mut |key| view.version_at(key, meta.revision))?;
+            plan_ops(view, &mut ws, if held { success } else { failure })?;
             Outcome {
                 revision: ws.meta.revision,
                 succeeded: held,
@@ -229,20 +384,19 @@ pub(crate) fn apply(b: &impl Backend, op: &CommandOp, ctx: &ApplyContext) -> Res
         let seq = meta.command_seq + 1;
         ws.meta.command_seq = seq;
         ws.record = Some(CommandRecord { seq, id, outcome });
-        let window = b.command_window().max(1);
+        let window = window.max(1);
         if seq > window {
             let old = seq - window;
-            if let Some(old_id) = b.command_at_seq(old)? {
+            if let Some(old_id) = view.command_at_seq(old)? {
                 ws.evict = Some((old, old_id));
             }
         }
     }
-    b.commit(ws)?;
-    Ok(outcome)
+    Ok((ws, outcome))
 }
 
 /// Turn `ops` into the versions of one new revision (none if nothing changes).
-fn plan_ops(b: &impl Backend, ws: &mut WriteSet, ops: &[Operation]) -> Result<()> {
+fn plan_ops(b: &impl View, ws: &mut WriteSet, ops: &[Operation]) -> Result<()> {
     // the last operation on a key wins; BTreeMap gives key order
     let mut last: BTreeMap<&[u8], Option<&[u8]>> = BTreeMap::new();
     for op in ops {
@@ -356,6 +510,12 @@ macro_rules! impl_key_value_storage {
                 ctx: &$crate::storage::ApplyContext,
             ) -> $crate::error::Result<$crate::command::Outcome> {
                 $crate::storage::mvcc::apply(self, op, ctx)
+            }
+            fn apply_batch(
+                &self,
+                items: &[($crate::command::CommandOp, $crate::storage::ApplyContext)],
+            ) -> $crate::error::Result<Vec<$crate::command::Outcome>> {
+                $crate::storage::mvcc::apply_batch(self, items)
             }
             fn snapshot(&self) -> $crate::error::Result<$crate::storage::StorageSnapshot> {
                 $crate::storage::mvcc::snapshot(self)
