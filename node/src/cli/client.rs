@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::{ClientArgs, Output};
 use crate::rest::Problem;
 
+#[derive(Clone)]
 pub(crate) struct Client {
     http: reqwest::Client,
     base: String,

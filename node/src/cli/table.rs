@@ -63,6 +63,9 @@ pub(crate) enum TableCommand {
         /// Rows per request.
         #[arg(long, default_value_t = 500)]
         batch: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+        parallel: u32,
     },
 }
 
@@ -215,14 +218,26 @@ impl Client {
                     println!("{row}");
                 }
             }
-            TableCommand::Load { name, file, batch } => {
-                self.load(path_segment(&name)?, &file, batch.max(1)).await?
+            TableCommand::Load {
+                name,
+                file,
+                batch,
+                parallel,
+            } => {
+                self.load(path_segment(&name)?, &file, batch.max(1), parallel as usize)
+                    .await?
             }
         }
         Ok(0)
     }
 
-    async fn load(&self, name: &str, file: &Path, batch: usize) -> anyhow::Result<()> {
+    async fn load(
+        &self,
+        name: &str,
+        file: &Path,
+        batch: usize,
+        parallel: usize,
+    ) -> anyhow::Result<()> {
         let rows = read_rows(file)?;
         let total = rows.len();
         let bar = if self.output() == Output::Json {
@@ -235,20 +250,46 @@ impl Client {
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         let begin = Instant::now();
-        for chunk in rows.chunks(batch) {
-            let body = Value::Array(chunk.to_vec());
-            if let Err(e) = self
-                .call(Method::PUT, &format!("/v1/tables/{name}/rows"), Some(&body))
-                .await
-            {
-                bar.abandon();
-                let done = bar.position();
-                return Err(e.context(format!(
-                    "{} loaded {done} of {total} rows before the error",
-                    file.display()
-                )));
+        // up to `parallel` requests in flight; rows of different requests may land in any
+        // order, each request is acknowledged only after its rows are durable
+        let path = format!("/v1/tables/{name}/rows");
+        let mut chunks = rows.chunks(batch).map(|c| Value::Array(c.to_vec()));
+        let mut in_flight = tokio::task::JoinSet::new();
+        let mut failure = None;
+        loop {
+            while failure.is_none() && in_flight.len() < parallel {
+                let Some(body) = chunks.next() else { break };
+                let client = self.clone();
+                let path = path.clone();
+                in_flight.spawn(async move {
+                    let n = body.as_array().map_or(0, Vec::len) as u64;
+                    client
+                        .call(Method::PUT, &path, Some(&body))
+                        .await
+                        .map(|_| n)
+                });
             }
-            bar.inc(chunk.len() as u64);
+            let Some(done) = in_flight.join_next().await else {
+                break;
+            };
+            match done {
+                Ok(Ok(n)) => bar.inc(n),
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                }
+                Err(e) => {
+                    failure.get_or_insert(anyhow::anyhow!("a load request failed: {e}"));
+                }
+            }
+        }
+        if let Some(e) = failure {
+            bar.abandon();
+            let done = bar.position();
+            return Err(e.context(format!(
+                "{} loaded {done} of {total} rows before the error (rows of other requests \
+                 may also have landed; loading again is safe: rows are upserted)",
+                file.display()
+            )));
         }
         bar.finish_and_clear();
         let secs = begin.elapsed().as_secs_f64();

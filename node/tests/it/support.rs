@@ -174,22 +174,21 @@ pub(crate) fn run_cli(args: &[&str]) -> (i32, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn ignite");
+    // read both pipes while the child runs: a large output would otherwise fill the pipe
+    // and the child would never exit
+    fn reader(pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut pipe = pipe;
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    }
+    let out = reader(child.stdout.take().expect("stdout piped"));
+    let err = reader(child.stderr.take().expect("stderr piped"));
     let status = wait_with_deadline(&mut child);
-    let mut out = String::new();
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let out = out.join().expect("stdout reader");
+    let err = err.join().expect("stderr reader");
     (status.code().unwrap_or(-1), out, strip_ansi(&err))
 }
 

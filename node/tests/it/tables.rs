@@ -131,6 +131,9 @@ fn create_load_read_alter_and_drop_a_table_through_the_cli() {
     assert_eq!(node.terminate().code(), Some(0));
 }
 
+/// Rows of the process-level load (the 100,000-row file).
+const ROWS: i64 = 100_000;
+
 #[test]
 fn three_node_cluster_keeps_every_row_readable_after_losing_a_node() {
     use crate::support::send_signal;
@@ -183,14 +186,14 @@ fn three_node_cluster_keeps_every_row_readable_after_losing_a_node() {
             "--column",
             "v:string",
             "--partitions",
-            "4",
+            "8",
             "--replicas",
             "3",
         ],
     );
     assert_eq!(code, 0, "{err}");
     let file = dirs[0].path().join("rows.jsonl");
-    let text: String = (0..200)
+    let text: String = (0..ROWS)
         .map(|i| format!("{{\"k\": {i}, \"v\": \"value-{i}\"}}\n"))
         .collect();
     std::fs::write(&file, text).unwrap();
@@ -199,13 +202,13 @@ fn three_node_cluster_keeps_every_row_readable_after_losing_a_node() {
         (r.0 == 0).then_some(r)
     });
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("loaded 200 rows"), "{out}");
+    assert!(out.contains(&format!("loaded {ROWS} rows")), "{out}");
 
     send_signal(c.pid(), 9);
     drop(c);
     for n in [&a, &b] {
         let (code, out, err) = wait_for("scan after losing c", || {
-            let r = cli(&n.url(), &["scan", "kv", "--limit", "1000"]);
+            let r = cli(&n.url(), &["scan", "kv", "--limit", "200000"]);
             (r.0 == 0).then_some(r)
         });
         assert_eq!(code, 0, "{err}");
@@ -219,7 +222,7 @@ fn three_node_cluster_keeps_every_row_readable_after_losing_a_node() {
             .collect();
         assert_eq!(
             keys,
-            (0..200).collect::<Vec<_>>(),
+            (0..ROWS).collect::<Vec<_>>(),
             "every row is still readable"
         );
     }
