@@ -73,6 +73,13 @@
 //!   `clientURLs` is set for this node only (its etcd address).
 //! - Keys never carry leases (`lease` is 0); `ignore_lease` is accepted (the key keeps its
 //!   lease, which is none).
+//! - The two revision errors keep etcd's exact texts ("etcdserver: mvcc: required revision
+//!   has been compacted" / "... is a future revision", `OUT_OF_RANGE`): clients match on
+//!   them, so they do not name the revision.
+//! - `etcdctl endpoint status` (3.4) needs its endpoints as `host:port`: given
+//!   `http://host:port` it sends the whole URL as the HTTP/2 `:authority`, which the HTTP/2
+//!   server (`h2`) refuses as malformed (`RST_STREAM PROTOCOL_ERROR`). Every other
+//!   `etcdctl` command works with either form.
 mod kv;
 mod proto;
 mod service;
