@@ -97,8 +97,20 @@ async fn node_state(State(ignite): State<IgniteImpl>) -> Response {
     Json(json!({ "name": ignite.name(), "state": ignite.state() })).into_response()
 }
 
+/// The node's info plus `etcd_address`: where the MetaStorage etcd v3 endpoint listens
+/// (`"127.0.0.1:NNNN"`), `null` when `metastorage.etcd_listen` is not set.
 async fn node_info(State(ignite): State<IgniteImpl>) -> Response {
-    Json(ignite.info()).into_response()
+    let etcd_address = ignite
+        .metastorage()
+        .etcd_address()
+        .map(|address| address.to_string());
+    match serde_json::to_value(ignite.info()) {
+        Ok(serde_json::Value::Object(mut info)) => {
+            info.insert("etcd_address".into(), json!(etcd_address));
+            Json(info).into_response()
+        }
+        _ => Json(ignite.info()).into_response(),
+    }
 }
 
 async fn topology_physical(State(ignite): State<IgniteImpl>) -> ApiResult {

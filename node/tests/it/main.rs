@@ -2,6 +2,7 @@
 //! (`process`).
 mod cluster;
 mod embedded;
+mod etcdctl;
 mod process;
 mod support;
 mod table_cluster;
