@@ -35,6 +35,8 @@ use crate::{
 const MAX_ATTEMPTS: usize = 32;
 /// The deepest nesting of `Txn` inside `Txn` the endpoint accepts.
 const MAX_TXN_DEPTH: usize = 32;
+/// The most operations one branch of a `Txn` may have (etcd's default `--max-txn-ops`).
+const MAX_TXN_OPS: usize = 128;
 
 type Res<T> = std::result::Result<T, Status>;
 
@@ -378,6 +380,14 @@ fn txn(
         return Err(Status::invalid_argument(format!(
             "txn nests deeper than {MAX_TXN_DEPTH} levels"
         )));
+    }
+    if [req.success.len(), req.failure.len(), req.compare.len()]
+        .iter()
+        .any(|n| *n > MAX_TXN_OPS)
+    {
+        return Err(Status::invalid_argument(
+            "etcdserver: too many operations in txn request",
+        ));
     }
     let mut succeeded = true;
     for c in &req.compare {

@@ -547,6 +547,16 @@ async fn transactions_compare_and_swap_and_nest() -> Result<()> {
     assert_eq!(s.code(), tonic::Code::InvalidArgument);
     assert!(s.message().contains("duplicate key"), "{}", s.message());
     assert_eq!(rev(c.get("t", None).await?.header()), before);
+    let many: Vec<TxnOp> = (0..129)
+        .map(|i| TxnOp::put(format!("many/{i}"), "v", None))
+        .collect();
+    let s = status(c.txn(Txn::new().and_then(many)).await);
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(
+        s.message().contains("too many operations"),
+        "{}",
+        s.message()
+    );
     // a read-only txn writes nothing
     let ro = c.txn(Txn::new().and_then([TxnOp::get("t", None)])).await?;
     assert_eq!(rev(ro.header()), before);
