@@ -33,9 +33,12 @@ pub struct RaftConfiguration {
 impl Default for RaftConfiguration {
     fn default() -> Self {
         Self {
-            election_timeout_min_ms: 1_000,
-            election_timeout_max_ms: 2_000,
-            heartbeat_interval_ms: 250,
+            // openraft 0.9 also keeps a leader lease of `election_timeout_max_ms`: a follower
+            // that saw a leader calls an election after lease + a random timeout in
+            // [min, max], so a dead leader is replaced after 600-800 ms of silence
+            election_timeout_min_ms: 200,
+            election_timeout_max_ms: 400,
+            heartbeat_interval_ms: 50,
             snapshot_logs_since_last: 5_000,
             max_in_snapshot_log_to_keep: 1_000,
             max_payload_entries: 300,
@@ -128,7 +131,8 @@ mod tests {
         let config = RaftConfiguration::default();
         assert_eq!(config.check(), Ok(()));
         let raft = config.to_openraft("g").unwrap();
-        assert_eq!(raft.heartbeat_interval, 250);
+        assert_eq!(raft.heartbeat_interval, 50);
+        assert!(raft.election_timeout_min >= 4 * raft.heartbeat_interval);
         assert_eq!(raft.cluster_name, "g");
     }
 
@@ -137,7 +141,7 @@ mod tests {
         let key = RootKey::of::<RaftConfiguration>();
         let cases = [
             (
-                json!({"election_timeout_min_ms": 3000}),
+                json!({"election_timeout_min_ms": 3000, "election_timeout_max_ms": 2000}),
                 "key raft.election_timeout_max_ms: must be greater than election_timeout_min_ms",
             ),
             (

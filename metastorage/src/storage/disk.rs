@@ -112,7 +112,12 @@ impl SledKeyValueStorage {
         })?;
         let deadline = Instant::now() + SLED_RELEASE_WAIT;
         let db = loop {
-            let config = sled::Config::new().path(&path);
+            // No periodic background fsync: it stalls the log writes of applies behind it,
+            // and nothing needs it. The Raft log is the durable record; this state is
+            // flushed before a snapshot lets Raft purge the log and on close, and after a
+            // crash the entries it lost are applied again from the log (the applied
+            // position is stored atomically with the data).
+            let config = sled::Config::new().path(&path).flush_every_ms(None);
             match guarded(&path, || config.open()) {
                 // sled's background threads of a previous instance in this process may
                 // still hold the file lock for a moment after it was dropped
