@@ -37,6 +37,47 @@ const MAX_ATTEMPTS: usize = 32;
 const MAX_TXN_DEPTH: usize = 32;
 /// The most operations one branch of a `Txn` may have (etcd's default `--max-txn-ops`).
 const MAX_TXN_OPS: usize = 128;
+/// Lock stripes of the keys of read-then-write requests.
+pub(crate) const STRIPES: usize = 64;
+
+/// The keys a request may read or write, known before it runs (both branches of a `Txn`,
+/// nested ones too): which lock stripes it takes.
+#[derive(Default)]
+struct Footprint {
+    stripes: BTreeSet<usize>,
+}
+
+impl Footprint {
+    fn add(&mut self, key: &[u8], range_end: &[u8]) {
+        if range_end.is_empty() {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(key, &mut h);
+            self.stripes
+                .insert((std::hash::Hasher::finish(&h) % STRIPES as u64) as usize);
+        } else {
+            // a range may hold any key
+            self.stripes.extend(0..STRIPES);
+        }
+    }
+
+    fn txn(&mut self, req: &TxnRequest, depth: usize) {
+        if depth > MAX_TXN_DEPTH {
+            return;
+        }
+        for c in &req.compare {
+            self.add(&c.key, &c.range_end);
+        }
+        for op in req.success.iter().chain(&req.failure) {
+            match &op.request {
+                Some(request_op::Request::RequestRange(r)) => self.add(&r.key, &r.range_end),
+                Some(request_op::Request::RequestPut(r)) => self.add(&r.key, &[]),
+                Some(request_op::Request::RequestDeleteRange(r)) => self.add(&r.key, &r.range_end),
+                Some(request_op::Request::RequestTxn(t)) => self.txn(t, depth + 1),
+                None => {}
+            }
+        }
+    }
+}
 
 type Res<T> = std::result::Result<T, Status>;
 
@@ -455,9 +496,15 @@ impl KvService {
     /// result and the revision it is at.
     async fn write<T>(
         &self,
+        footprint: Footprint,
         eval: impl Fn(&mut View<'_>, &mut Writes) -> Res<T>,
     ) -> Res<(T, Arc<Attached>, u64)> {
         let (_ticket, attached) = self.0.enter()?;
+        // in stripe order: no deadlock between requests
+        let mut _locks = Vec::with_capacity(footprint.stripes.len());
+        for stripe in footprint.stripes {
+            _locks.push(self.0.stripes[stripe].lock().await);
+        }
         for attempt in 1..=MAX_ATTEMPTS {
             attached.client.barrier().await.map_err(status)?;
             let revision = attached.storage.revision();
@@ -544,8 +591,11 @@ impl Kv for KvService {
             resp.header = Some(attached.header(outcome.revision));
             return Ok(Response::new(resp));
         }
-        let (mut resp, attached, revision) =
-            self.write(|view, writes| put(view, writes, &req)).await?;
+        let mut footprint = Footprint::default();
+        footprint.add(&req.key, &[]);
+        let (mut resp, attached, revision) = self
+            .write(footprint, |view, writes| put(view, writes, &req))
+            .await?;
         resp.header = Some(attached.header(revision));
         Ok(Response::new(resp))
     }
@@ -555,8 +605,10 @@ impl Kv for KvService {
         request: Request<DeleteRangeRequest>,
     ) -> Res<Response<DeleteRangeResponse>> {
         let req = request.into_inner();
+        let mut footprint = Footprint::default();
+        footprint.add(&req.key, &req.range_end);
         let (mut resp, attached, revision) = self
-            .write(|view, writes| delete(view, writes, &req))
+            .write(footprint, |view, writes| delete(view, writes, &req))
             .await?;
         resp.header = Some(attached.header(revision));
         Ok(Response::new(resp))
@@ -564,8 +616,10 @@ impl Kv for KvService {
 
     async fn txn(&self, request: Request<TxnRequest>) -> Res<Response<TxnResponse>> {
         let req = request.into_inner();
+        let mut footprint = Footprint::default();
+        footprint.txn(&req, 0);
         let (mut resp, attached, revision) = self
-            .write(|view, writes| txn(view, writes, &req, 0))
+            .write(footprint, |view, writes| txn(view, writes, &req, 0))
             .await?;
         let header = attached.header(revision);
         fill_headers(&mut resp.responses, &header);

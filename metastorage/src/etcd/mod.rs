@@ -41,7 +41,10 @@
 //!   at R, then the writes of the chosen branch go to the Raft log as ONE MetaStorage
 //!   `invoke` whose condition is "every key the evaluation read still has the revision it
 //!   had at R". If another write touched one of those keys in between, the whole
-//!   evaluation is retried (up to 32 times, then `UNAVAILABLE`). So a transaction is one
+//!   evaluation is retried (up to 32 times, then `UNAVAILABLE`). Such requests take
+//!   per-key lock stripes on the node first (a range takes them all), so clients contending
+//!   for a key through one node queue instead of racing; only writes through other nodes
+//!   (or blind puts) make a request evaluate again. So a transaction is one
 //!   revision and is atomic for the keys it names. **Deviation:** a key *created* inside a
 //!   compared or deleted *range* (`range_end` set) after R and before the commit is not
 //!   seen by that commit (the MetaStorage conditions test single keys, not ranges).
@@ -271,6 +274,9 @@ pub(crate) struct Backend {
     /// The bound address and the token that ends that server.
     address: Mutex<Option<(SocketAddr, CancellationToken)>>,
     tasks: Mutex<TaskTracker>,
+    /// Write requests that read keys run one at a time per stripe of keys on this node (see
+    /// `kv`), so clients contending for a key here queue instead of racing.
+    pub(crate) stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl Backend {
@@ -332,6 +338,9 @@ impl Endpoint {
                 node: Mutex::new(String::new()),
                 address: Mutex::new(None),
                 tasks: Mutex::new(TaskTracker::new()),
+                stripes: (0..kv::STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
             }),
         }
     }
