@@ -498,6 +498,24 @@ async fn transactions_compare_and_swap_and_nest() -> Result<()> {
     assert_eq!(counter.kvs()[0].value(), b"5");
     assert_eq!(counter.kvs()[0].version(), 6);
 
+    // 32 clients contend for one key through one node: each request commits, none starves
+    c.put("hot", "0", None).await?;
+    let contenders = (0..32).map(|i| {
+        let mut c = c.clone();
+        async move {
+            c.txn(
+                Txn::new()
+                    .when([Compare::version("hot", Greater, 0)])
+                    .and_then([TxnOp::put("hot", i.to_string(), None)]),
+            )
+            .await
+        }
+    });
+    for r in futures::future::join_all(contenders).await {
+        assert!(r?.succeeded());
+    }
+    assert_eq!(c.get("hot", None).await?.kvs()[0].version(), 33);
+
     // nested: the inner branch runs, every write of the request lands in one revision
     let nested = Txn::new()
         .when([Compare::version("t", Greater, 0)])
