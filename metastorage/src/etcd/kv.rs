@@ -188,6 +188,23 @@ impl Writes {
     }
 }
 
+/// Refuses a read of a key this request already wrote: etcd would show the new version,
+/// this endpoint evaluates every read at the state before the request.
+fn unwritten(writes: &Writes, keys: &Keys) -> Res<()> {
+    if let Some(key) = writes
+        .put
+        .iter()
+        .chain(&writes.removed)
+        .find(|k| keys.matches(k))
+    {
+        return Err(Status::unimplemented(format!(
+            "txn reads key {} after writing it in the same request: not supported by this MetaStorage",
+            String::from_utf8_lossy(key)
+        )));
+    }
+    Ok(())
+}
+
 fn duplicate() -> Status {
     Status::invalid_argument("etcdserver: duplicate key given in txn request")
 }
@@ -432,6 +449,7 @@ fn txn(
     }
     let mut succeeded = true;
     for c in &req.compare {
+        unwritten(writes, &Keys::of(&c.key, &c.range_end)?)?;
         if !compare(view, c)? {
             succeeded = false;
             break;
@@ -462,7 +480,10 @@ fn request_op(
     use request_op::Request as Rq;
     use response_op::Response as Rs;
     let response = match &op.request {
-        Some(Rq::RequestRange(r)) => Rs::ResponseRange(range(view, r)?),
+        Some(Rq::RequestRange(r)) => {
+            unwritten(writes, &Keys::of(&r.key, &r.range_end)?)?;
+            Rs::ResponseRange(range(view, r)?)
+        }
         Some(Rq::RequestPut(r)) => Rs::ResponsePut(put(view, writes, r)?),
         Some(Rq::RequestDeleteRange(r)) => Rs::ResponseDeleteRange(delete(view, writes, r)?),
         Some(Rq::RequestTxn(r)) => Rs::ResponseTxn(txn(view, writes, r, depth + 1)?),

@@ -48,8 +48,9 @@
 //!   revision and is atomic for the keys it names. **Deviation:** a key *created* inside a
 //!   compared or deleted *range* (`range_end` set) after R and before the commit is not
 //!   seen by that commit (the MetaStorage conditions test single keys, not ranges).
-//! - Reads inside a `Txn` see the state before the transaction (etcd lets a `Range` after
-//!   a `Put` in the same transaction see the put). Two writes to one key in the executed
+//! - Reads inside a `Txn` run at the state before the transaction, so a `Range` or a nested
+//!   `Txn`'s compare of a key the same request already wrote (etcd shows the new version)
+//!   is refused with `UNIMPLEMENTED` naming the key, never answered wrongly. Two writes to one key in the executed
 //!   branch are refused with etcd's "duplicate key given in txn request"; etcd also checks
 //!   the branch that is not taken.
 //! - `Range` with `serializable` reads this node's local copy (a learner included);

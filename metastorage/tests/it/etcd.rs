@@ -565,6 +565,19 @@ async fn transactions_compare_and_swap_and_nest() -> Result<()> {
     assert_eq!(s.code(), tonic::Code::InvalidArgument);
     assert!(s.message().contains("duplicate key"), "{}", s.message());
     assert_eq!(rev(c.get("t", None).await?.header()), before);
+    // reading a key the request already wrote is refused, never answered from the old state
+    c.put("rw", "0", None).await?;
+    for ops in [
+        vec![TxnOp::put("rw", "1", None), TxnOp::get("rw", None)],
+        vec![
+            TxnOp::delete("rw", None),
+            TxnOp::txn(Txn::new().when([Compare::version("rw", Equal, 0)])),
+        ],
+    ] {
+        let s = status(c.txn(Txn::new().and_then(ops)).await);
+        assert_eq!(s.code(), tonic::Code::Unimplemented);
+        assert!(s.message().contains("key rw"), "{}", s.message());
+    }
     let many: Vec<TxnOp> = (0..129)
         .map(|i| TxnOp::put(format!("many/{i}"), "v", None))
         .collect();
@@ -576,6 +589,7 @@ async fn transactions_compare_and_swap_and_nest() -> Result<()> {
         s.message()
     );
     // a read-only txn writes nothing
+    let before = rev(c.get("t", None).await?.header());
     let ro = c.txn(Txn::new().and_then([TxnOp::get("t", None)])).await?;
     assert_eq!(rev(ro.header()), before);
 
