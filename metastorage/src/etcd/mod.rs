@@ -44,15 +44,16 @@
 //!   evaluation is retried (up to 32 times, then `UNAVAILABLE`). Such requests take
 //!   per-key lock stripes on the node first (a range takes them all), so clients contending
 //!   for a key through one node queue instead of racing; only writes through other nodes
-//!   (or blind puts) make a request evaluate again. So a transaction is one
-//!   revision and is atomic for the keys it names. **Deviation:** a key *created* inside a
+//!   (or blind puts) make a request evaluate again. So a transaction is one revision and
+//!   is atomic for the keys it names. **Deviation:** a key *created* inside a
 //!   compared or deleted *range* (`range_end` set) after R and before the commit is not
 //!   seen by that commit (the MetaStorage conditions test single keys, not ranges).
 //! - Reads inside a `Txn` run at the state before the transaction, so a `Range` or a nested
 //!   `Txn`'s compare of a key the same request already wrote (etcd shows the new version)
-//!   is refused with `UNIMPLEMENTED` naming the key, never answered wrongly. Two writes to one key in the executed
-//!   branch are refused with etcd's "duplicate key given in txn request"; etcd also checks
-//!   the branch that is not taken.
+//!   is refused with `UNIMPLEMENTED` naming the key, never answered wrongly. Two writes to
+//!   one key in the executed branch are refused with etcd's "duplicate key given in txn
+//!   request"; etcd also checks the branch that is not taken. More than 128 operations in
+//!   one branch are refused as by etcd's default `--max-txn-ops`.
 //! - `Range` with `serializable` reads this node's local copy (a learner included);
 //!   otherwise a read index (Raft barrier) makes it linearizable. `count` is the number of
 //!   keys in the range before the min/max revision filters, as in etcd.
