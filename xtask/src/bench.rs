@@ -156,7 +156,8 @@ pub(crate) fn startup(binary: &Path, runs: u32) -> anyhow::Result<()> {
 }
 
 /// `cargo bench -p <package> --bench <bench>`, output passed through: `cargo xtask bench
-/// network` (the network throughput bench) and `metastorage` (its load generator).
+/// network` (the network throughput bench), `metastorage` (its load generator) and `tables`
+/// (`node`'s bench: three in-process nodes under table load).
 pub(crate) fn cargo_bench(root: &Path, package: &str, bench: &str) -> anyhow::Result<()> {
     cargo_bench_with(root, package, bench, &[])
 }

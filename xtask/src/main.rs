@@ -69,6 +69,8 @@ enum BenchName {
     Network,
     /// `cargo bench -p metastorage --bench load`: puts, gets, watches, failover, restart.
     Metastorage,
+    /// `cargo bench -p node --bench tables`: upserts, gets, bulk load, idle replicas.
+    Tables,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,6 +94,7 @@ fn main() -> anyhow::Result<()> {
                     BenchName::Startup,
                     BenchName::Network,
                     BenchName::Metastorage,
+                    BenchName::Tables,
                 ],
             };
             for name in names {
@@ -103,6 +106,7 @@ fn main() -> anyhow::Result<()> {
                     BenchName::Network => bench::cargo_bench(&root, "network", "throughput")?,
                     BenchName::Metastorage if vs_etcd => bench::vs_etcd(&root)?,
                     BenchName::Metastorage => bench::cargo_bench(&root, "metastorage", "load")?,
+                    BenchName::Tables => bench::cargo_bench(&root, "node", "tables")?,
                 }
             }
             Ok(())
