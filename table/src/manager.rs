@@ -621,7 +621,10 @@ impl TableManager {
                     }
                 };
                 let Some(event) = event else { return Ok(()) };
-                if event.revision <= applied.load(Ordering::SeqCst) {
+                // each watch (tables/, assignments/, assignments.stable/) delivers its share of
+                // a revision as an event of its own: only older revisions are replays (and
+                // applying one again changes nothing)
+                if event.revision < applied.load(Ordering::SeqCst) {
                     continue;
                 }
                 {

@@ -235,7 +235,11 @@ impl Partition {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(e)) => Error::from(e),
             };
-            if !retry_locally(&error) {
+            // a read index has no effect: one the leader refused (it could not confirm its
+            // leadership in time, as in a joint configuration with a slow new voter) is
+            // asked again
+            let refused = matches!(error, Error::Raft(raft::Error::Rejected { .. }));
+            if !retry_locally(&error) && !refused {
                 return Err(error);
             }
             if Instant::now() >= deadline {

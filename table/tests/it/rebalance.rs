@@ -192,6 +192,11 @@ async fn baseline_change_moves_partitions_through_membership_changes() -> Result
         .await
         .context("n3 destroys its replicas")?;
         assert!(n3.service.registered().is_empty());
+        assert!(
+            !n3.raft.groups().iter().any(|g| g.starts_with(&info.id)),
+            "n3 stopped its partition groups: {:?}",
+            n3.raft.groups()
+        );
         let on_n4 = n4.tables.local_partitions().await;
         assert_eq!(
             on_n4.len(),
