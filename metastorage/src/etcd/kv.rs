@@ -45,6 +45,8 @@ pub(crate) const STRIPES: usize = 64;
 #[derive(Default)]
 struct Footprint {
     stripes: BTreeSet<usize>,
+    /// A range is read or deleted: evaluate after a read index only.
+    ranged: bool,
 }
 
 impl Footprint {
@@ -57,6 +59,7 @@ impl Footprint {
         } else {
             // a range may hold any key
             self.stripes.extend(0..STRIPES);
+            self.ranged = true;
         }
     }
 
@@ -512,9 +515,9 @@ fn fill_headers(responses: &mut [ResponseOp], header: &super::proto::etcdserverp
 }
 
 impl KvService {
-    /// Evaluates `eval` at a linearizable revision and commits its writes as one guarded
-    /// command, again from the start when a key it read changed meanwhile. Returns the
-    /// result and the revision it is at.
+    /// Evaluates `eval` at the local revision and commits its writes as one command guarded
+    /// by the revisions of the keys it read, again from the start (after a read index) when
+    /// one changed meanwhile. Returns the result and the revision it is at.
     async fn write<T>(
         &self,
         footprint: Footprint,
@@ -526,8 +529,15 @@ impl KvService {
         for stripe in footprint.stripes {
             _locks.push(self.0.stripes[stripe].lock().await);
         }
+        // Writes need no read index: the guard fails at commit if the local copy was
+        // behind for a key read. Answers without a commit (read-only outcomes) and ranges
+        // (whose new keys the guard does not see) are evaluated after one.
+        let mut need_barrier = footprint.ranged;
         for attempt in 1..=MAX_ATTEMPTS {
-            attached.client.barrier().await.map_err(status)?;
+            let fresh = need_barrier;
+            if need_barrier {
+                attached.client.barrier().await.map_err(status)?;
+            }
             let revision = attached.storage.revision();
             let mut view = View {
                 attached: &attached,
@@ -537,7 +547,11 @@ impl KvService {
             let mut writes = Writes::default();
             let out = eval(&mut view, &mut writes)?;
             if writes.ops.is_empty() {
-                return Ok((out, Arc::clone(&attached), revision));
+                if fresh {
+                    return Ok((out, Arc::clone(&attached), revision));
+                }
+                need_barrier = true;
+                continue;
             }
             let op = if view.read.is_empty() {
                 CommandOp::Write { ops: writes.ops }
@@ -553,6 +567,7 @@ impl KvService {
             if outcome.succeeded {
                 return Ok((out, Arc::clone(&attached), outcome.revision));
             }
+            need_barrier = true;
             tracing::debug!(
                 attempt,
                 revision,

@@ -36,12 +36,14 @@
 //!   `version == 0` "does not exist" compares are exact. The first read of a key costs one
 //!   storage read per retained version; a per-key cache of the last derivation (reset when
 //!   the compacted revision moves) makes later reads walk only the versions written since.
-//! - `Txn` (and `Put` with `prev_kv`/`ignore_value`, `DeleteRange`) is evaluated at a
-//!   linearizable revision R on this node: compares, reads and the keys to delete are taken
-//!   at R, then the writes of the chosen branch go to the Raft log as ONE MetaStorage
-//!   `invoke` whose condition is "every key the evaluation read still has the revision it
-//!   had at R". If another write touched one of those keys in between, the whole
-//!   evaluation is retried (up to 32 times, then `UNAVAILABLE`). Such requests take
+//! - `Txn` (and `Put` with `prev_kv`/`ignore_value`, `DeleteRange`) is evaluated at this
+//!   node's revision R: compares, reads and the keys to delete are taken at R, then the
+//!   writes of the chosen branch go to the Raft log as ONE MetaStorage `invoke` whose
+//!   condition is "every key the evaluation read still has the revision it had at R". If
+//!   another write touched one of those keys in between (or this node was behind), the
+//!   whole evaluation is retried after a read index (up to 32 times, then `UNAVAILABLE`).
+//!   An outcome without writes, and any request reading a range, is evaluated after a
+//!   read index, so its answer is linearizable too. Such requests take
 //!   per-key lock stripes on the node first (a range takes them all), so clients contending
 //!   for a key through one node queue instead of racing; only writes through other nodes
 //!   (or blind puts) make a request evaluate again. So a transaction is one revision and

@@ -600,8 +600,12 @@ async fn transactions_compare_and_swap_and_nest() -> Result<()> {
         .await
         .map_err(|e| anyhow!("stopping n3: {e}"))?;
     assert_eq!(n3.ms.etcd_address(), None);
+    // the connection is gone: refused, or cut while the client still held it
     let s = status(c3.get("t", None).await);
-    assert_eq!(s.code(), tonic::Code::Unavailable);
+    assert!(
+        matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled),
+        "{s:?}"
+    );
     n3.start_ms().await?;
     let mut again = connect(n3).await?;
     assert_eq!(again.get("counter", None).await?.kvs()[0].value(), b"5");
