@@ -447,6 +447,41 @@ mod tests {
         assert_eq!(derive(&storage, &cache, &after).unwrap(), (r5, 2));
     }
 
+    #[test]
+    fn errors_map_to_grpc_codes() {
+        let compacted = status(Error::Compacted {
+            requested: 1,
+            compacted: 5,
+        });
+        assert_eq!(
+            (compacted.code(), compacted.message()),
+            (tonic::Code::OutOfRange, COMPACTED)
+        );
+        let ahead = status(Error::RevisionAhead {
+            requested: 9,
+            current: 5,
+        });
+        assert_eq!(
+            (ahead.code(), ahead.message()),
+            (tonic::Code::OutOfRange, FUTURE_REVISION)
+        );
+        let not_started = status(Error::NotStarted { node: "n7".into() });
+        assert_eq!(not_started.code(), tonic::Code::Unavailable);
+        assert!(not_started.message().contains("n7"));
+        assert_eq!(
+            status(Error::NotInitialized).code(),
+            tonic::Code::Unavailable
+        );
+        let timeout = status(Error::Timeout {
+            what: "write".into(),
+            millis: 10,
+        });
+        assert_eq!(timeout.code(), tonic::Code::Unavailable);
+        let corrupt = status(Error::Rejected("bad command".into()));
+        assert_eq!(corrupt.code(), tonic::Code::Internal);
+        assert!(corrupt.message().contains("bad command"));
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Put(u8),
