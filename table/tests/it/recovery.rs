@@ -1,7 +1,8 @@
 //! Table manager recovery on persistent nodes: a node down while a table is dropped comes
 //! back without the dropped table's storages and serves the remaining table with the rows
 //! written while it was away; a storage left behind by a crash (applied revision not
-//! recorded) goes in the start's full update.
+//! recorded) goes in the start's full update; replicas whose partitions moved away while the
+//! node was down go once the node sees the committed move.
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
@@ -145,6 +146,89 @@ async fn restarted_node_drops_stale_storages_and_serves_the_rest() -> Result<()>
             .ok_or_else(|| anyhow!("keep on n3"))?;
         on_n3.upsert(&row(500)).await?;
         assert_eq!(on_n3.get(&json!({"id": 500})).await?, Some(row(500)));
+        cluster.stop().await
+    })
+    .await
+    .context("test bound")?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitions_moved_away_while_a_node_was_down_are_destroyed_at_its_restart() -> Result<()> {
+    tokio::time::timeout(Duration::from_secs(240), async {
+        let mut cluster = TestCluster::start_persistent(4, 0).await?;
+        cluster
+            .wait_logical(&set(&["n1", "n2", "n3", "n4"]))
+            .await?;
+        let n1 = cluster.node("n1")?;
+        let b = n1.baseline.set(set(&["n1", "n2", "n3"])).await?;
+        for node in &cluster.nodes {
+            node.wait_baseline(|x| x.revision >= b.revision).await?;
+        }
+        let info = n1.tables.create_table(schema("moved")?, 4, 3).await?;
+        let view = n1.tables.table("moved").ok_or_else(|| anyhow!("moved"))?;
+        let rows: Vec<Value> = (0..60).map(row).collect();
+        view.upsert_all(&rows).await?;
+        let n3 = cluster.node("n3")?;
+        wait_for("n3 holds every partition", || {
+            Ok(local_rows(n3, &info.id, 4)? == 60)
+        })
+        .await?;
+
+        // n3 goes down, the baseline swaps it for n4: every group moves while it is away
+        cluster.stop_node("n3").await?;
+        let n1 = cluster.node("n1")?;
+        n1.baseline.set(set(&["n1", "n2", "n4"])).await?;
+        let want = vec![set(&["n1", "n2", "n4"]); 4];
+        wait_for("every group runs on n1, n2 and n4", || {
+            Ok(n1.tables.stable_assignments("moved").is_some_and(|s| {
+                s.iter()
+                    .map(|v| {
+                        v.iter()
+                            .cloned()
+                            .collect::<std::collections::BTreeSet<String>>()
+                    })
+                    .collect::<Vec<_>>()
+                    == want
+            }))
+        })
+        .await?;
+        let n4 = cluster.node("n4")?;
+        wait_for("n4 caught up", || Ok(local_rows(n4, &info.id, 4)? == 60)).await?;
+
+        // back up: its old replicas are out of the committed groups, so they go
+        cluster.restart_node("n3").await?;
+        let n3 = cluster.node("n3")?;
+        tokio::time::timeout(WAIT, async {
+            while !n3.tables.local_partitions().await.is_empty()
+                || !stored(n3, &info.id)?.is_empty()
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+        .await
+        .context("n3 destroys the replicas that moved away")??;
+        // and still serves the table, through the nodes that hold it
+        let on_n3 = n3
+            .tables
+            .table("moved")
+            .ok_or_else(|| anyhow!("moved on n3"))?;
+        let keys: Vec<Value> = (0..60).map(|i| json!({"id": i})).collect();
+        assert_eq!(
+            on_n3.get_all(&keys).await?,
+            rows.iter().cloned().map(Some).collect::<Vec<_>>()
+        );
+        on_n3.upsert(&row(700)).await?;
+        assert_eq!(
+            cluster
+                .node("n4")?
+                .tables
+                .table("moved")
+                .ok_or_else(|| anyhow!("moved on n4"))?
+                .get(&json!({"id": 700}))
+                .await?,
+            Some(row(700))
+        );
         cluster.stop().await
     })
     .await
