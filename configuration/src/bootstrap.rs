@@ -78,6 +78,13 @@ impl BootstrapConfig {
         self.apply(path, value)
     }
 
+    /// Overrides several values at once (all the flags of one start): merged in order and
+    /// validated together, so values that are only valid together (a minimum and a maximum
+    /// both raised) can be given in any order. Unchanged on error.
+    pub fn set_all(&mut self, values: impl IntoIterator<Item = (String, Value)>) -> Result<()> {
+        self.apply_all(values)
+    }
+
     /// Typed view of one root (defaults filled in).
     pub fn root<T: ConfigRoot>(&self) -> Result<T> {
         parse_root::<T>(
@@ -116,8 +123,35 @@ impl BootstrapConfig {
     /// Applies `value` at `path` (merge-patch semantics), validating every touched root;
     /// nothing changes on error.
     fn apply(&mut self, path: &str, value: Value) -> Result<()> {
-        let segs = segments(path);
+        self.apply_all([(path.to_owned(), value)])
+    }
+
+    /// Merges every value into a copy, then validates each touched root once: values that
+    /// are only valid together (a minimum and a maximum) may come in any order. Unchanged on
+    /// error.
+    fn apply_all(&mut self, changes: impl IntoIterator<Item = (String, Value)>) -> Result<()> {
         let mut values = self.values.clone();
+        let mut touched = std::collections::BTreeSet::new();
+        for (path, value) in changes {
+            touched.extend(self.merge(&mut values, &path, value)?);
+        }
+        for root in touched {
+            let sparse = values.get(&root).cloned().unwrap_or(Value::Null);
+            flatten_root(&root, &sparse)?;
+            self.root_key(&root)?.validate(sparse)?;
+        }
+        self.values = values;
+        Ok(())
+    }
+
+    /// Merges `value` at `path` into `values` without validating; returns the roots touched.
+    fn merge(
+        &self,
+        values: &mut Map<String, Value>,
+        path: &str,
+        value: Value,
+    ) -> Result<Vec<String>> {
+        let segs = segments(path);
         let mut touched = Vec::new();
         match segs.split_first() {
             None => {
@@ -151,13 +185,7 @@ impl BootstrapConfig {
                 touched.push((*root).to_owned());
             }
         }
-        for root in touched {
-            let sparse = values.get(&root).cloned().unwrap_or(Value::Null);
-            flatten_root(&root, &sparse)?;
-            self.root_key(&root)?.validate(sparse)?;
-        }
-        self.values = values;
-        Ok(())
+        Ok(touched)
     }
 
     /// Applies one environment override; the raw string is typed after the value it replaces

@@ -249,9 +249,8 @@ impl IgniteImpl {
                 std::iter::empty(),
             )?
         };
-        for (path, value) in options.overrides {
-            bootstrap.set(&path, value)?;
-        }
+        // flags are validated together: a minimum and a maximum may come in any order
+        bootstrap.set_all(options.overrides)?;
         let node_cfg: NodeConfiguration = bootstrap.root()?;
         let data_dir = node_cfg.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|source| Error::DataDir {

@@ -185,6 +185,25 @@ fn flags_override_file_and_environment() {
     let err = cfg.set("nope.x", json!(1)).expect_err("unknown root");
     assert_eq!(err.to_string(), "key nope: unknown configuration key");
     assert_eq!(cfg.values(), before, "a refused flag changes nothing");
+
+    // flags given together are validated together: only the final values must be valid
+    cfg.set_all([
+        ("node.port".to_owned(), json!(1)),
+        ("node.name".to_owned(), json!("both")),
+        ("node.port".to_owned(), json!(5000)),
+    ])
+    .expect("valid once all are applied");
+    let node: TestNode = cfg.root().expect("root");
+    assert_eq!((node.name.as_str(), node.port), ("both", 5000));
+    let before = cfg.values();
+    let err = cfg
+        .set_all([
+            ("node.name".to_owned(), json!("half")),
+            ("node.port".to_owned(), json!(2)),
+        ])
+        .expect_err("the final port is out of range");
+    assert_eq!(err.to_string(), "key node.port: must be at least 1024");
+    assert_eq!(cfg.values(), before, "a refused set of flags changes nothing");
 }
 
 #[test]

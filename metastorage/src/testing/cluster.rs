@@ -115,11 +115,9 @@ impl TestNode {
             ),
         ];
         settings.extend(options.settings.iter().cloned());
-        for (path, value) in settings {
-            bootstrap
-                .set(&path, value)
-                .map_err(|e| fail(format_args!("bootstrap {path} of {name}"), e))?;
-        }
+        bootstrap
+            .set_all(settings)
+            .map_err(|e| fail(format_args!("bootstrap settings of {name}"), e))?;
         let config = Arc::new(ConfigurationManager::new(
             roots,
             vec![Arc::new(LocalConfigurationStorage::new(Arc::clone(&vault)))],
