@@ -3,6 +3,7 @@
 //! manager over a full in-process cluster.
 mod cluster;
 mod harness;
+mod kv_view;
 mod manager;
 mod partitions;
 mod rebalance;
