@@ -29,7 +29,7 @@ use vault::VaultManager;
 use crate::{
     error::{Error, Result},
     partition::Partition,
-    rebalance::{stable_key, Rebalancer, StableAssignment, STABLE_PREFIX},
+    rebalance::{stable_key, Plan, Rebalancer, StableAssignment, STABLE_PREFIX},
     recovery,
     service::PartitionService,
     storage::PartitionStorageProvider,
@@ -224,20 +224,20 @@ impl Catalog {
         )
     }
 
-    /// What a leader of `table_id`/`partition` works toward: (table name, pending target,
-    /// stable record).
-    pub(crate) fn plan_of(
-        &self,
-        table_id: &str,
-        partition: u32,
-    ) -> Option<(String, Vec<String>, Option<StableAssignment>)> {
-        let info = self.table_by_id(table_id)?;
-        let target = self.pending(&info.name, partition)?.clone();
-        Some((
-            info.name.clone(),
+    /// What a leader of `table_id`/`partition` works toward: the pending target, with the
+    /// table's name, the revision of its definition and the stable record.
+    pub(crate) fn plan_of(&self, table_id: &str, partition: u32) -> Option<Plan> {
+        let (name, (table_revision, _)) = self
+            .tables
+            .iter()
+            .find(|(_, (_, t))| t.as_ref().is_some_and(|t| t.id == table_id))?;
+        let target = self.pending(name, partition)?.clone();
+        Some(Plan {
+            table: name.clone(),
+            table_revision: *table_revision,
             target,
-            self.stable_record(table_id, partition).cloned(),
-        ))
+            stable: self.stable_record(table_id, partition).cloned(),
+        })
     }
 
     /// Every (table id, partition) that `node` should run: it is in the stable voters or in
@@ -900,9 +900,12 @@ mod tests {
             catalog.stable_assignments("t"),
             Some(vec![names(&["n1", "n3"]), names(&["n2", "n3"])])
         );
-        let (table, target, stable) = catalog.plan_of("tid", 0).expect("plan");
-        assert_eq!((table.as_str(), target), ("t", names(&["n1", "n4"])));
-        assert_eq!(stable.map(|s| s.index), Some(5));
+        let plan = catalog.plan_of("tid", 0).expect("plan");
+        assert_eq!(
+            (plan.table.as_str(), plan.table_revision, plan.target),
+            ("t", 1, names(&["n1", "n4"]))
+        );
+        assert_eq!(plan.stable.map(|s| s.index), Some(5));
         assert!(catalog.plan_of("other", 0).is_none());
     }
 

@@ -122,37 +122,43 @@ impl StableAssignment {
     }
 }
 
-/// Records `stable` for `table`'s partition unless a record with the same or a newer index
-/// is there or the table is gone; true if written.
+/// Records `stable` for partition `partition` of `plan`'s table unless a record with the
+/// same or a newer index is there or the table is gone (or is another table of the same
+/// name now); true if written.
 pub(crate) async fn store_stable(
     ms: &MetaStorageManager,
-    table: &str,
+    plan: &Plan,
     table_id: &str,
     partition: u32,
     stable: &StableAssignment,
 ) -> Result<bool> {
     let key = stable_key(table_id, partition);
-    let condition = Condition::exists(table_key(table)).and(Condition::not_exists(key.clone()).or(
-        Condition::value(
-            key.clone(),
-            CompareOp::Lt,
-            StableAssignment::prefix(stable.index),
-        ),
+    let newer = Condition::not_exists(key.clone()).or(Condition::value(
+        key.clone(),
+        CompareOp::Lt,
+        StableAssignment::prefix(stable.index),
     ));
+    let same_table =
+        Condition::revision(table_key(&plan.table), CompareOp::Eq, plan.table_revision);
     Ok(ms
         .invoke(
-            condition,
+            same_table.and(newer),
             vec![Operation::put(key, stable.encode()?)],
             Vec::new(),
         )
         .await?)
 }
 
-/// What a leader must do for one partition.
+/// What a leader works toward for one partition.
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
+    /// The table's name.
     pub(crate) table: String,
+    /// The revision of the table's definition (names this incarnation of the name).
+    pub(crate) table_revision: u64,
+    /// The pending assignment.
     pub(crate) target: Vec<String>,
+    /// The stable record, if any.
     pub(crate) stable: Option<StableAssignment>,
 }
 
@@ -226,26 +232,20 @@ impl Rebalancer {
             if m.role != raft::Role::Leader {
                 continue;
             }
-            let Some((table, target, stable)) = catalog.plan_of(table_id, *p) else {
+            let Some(plan) = catalog.plan_of(table_id, *p) else {
                 continue;
             };
-            if target.is_empty() {
+            if plan.target.is_empty() {
                 continue;
             }
-            let want: BTreeSet<&String> = target.iter().collect();
+            let want: BTreeSet<&String> = plan.target.iter().collect();
             let voters: BTreeSet<&String> = m.voters.iter().collect();
-            let stable_ok = stable
+            let stable_ok = plan
+                .stable
                 .as_ref()
                 .is_some_and(|s| s.voters.iter().collect::<BTreeSet<_>>() == voters);
             if want != voters || !m.learners.is_empty() || !stable_ok {
-                out.push((
-                    partition.clone(),
-                    Plan {
-                        table,
-                        target,
-                        stable,
-                    },
-                ));
+                out.push((partition.clone(), plan));
             }
         }
         out
@@ -307,7 +307,7 @@ impl Rebalancer {
             s.voters.iter().collect::<BTreeSet<_>>() == stable.voters.iter().collect()
         });
         // recorded first: nodes that left may destroy their replicas once it is there
-        if !same && store_stable(&self.ms, &plan.table, table_id, p, &stable).await? {
+        if !same && store_stable(&self.ms, plan, table_id, p, &stable).await? {
             tracing::info!(table_id, partition = p, voters = ?stable.voters, index = stable.index, "stable assignment recorded");
         }
         if changed && !want.contains(&self.node) {
