@@ -331,6 +331,22 @@ impl RaftManager {
         Ok(())
     }
 
+    /// Stops group `group_id` if it runs here and deletes its log, vote and metadata for
+    /// good: a later start of the group on this node begins empty (a replica moved away and
+    /// back must not keep a log its state machine no longer matches). Idempotent.
+    pub async fn destroy_group(&self, group_id: &str) -> Result<()> {
+        let _serial = self.groups_lock.lock().await;
+        let entry = self.shared.groups.write().remove(group_id);
+        if let Some(entry) = entry {
+            shutdown_group(entry).await;
+        }
+        let storage = self.choose_storage();
+        let id = group_id.to_owned();
+        tokio::task::spawn_blocking(move || storage.destroy_group(&id))
+            .await
+            .map_err(|e| Error::storage(format!("group {group_id}"), e))?
+    }
+
     fn choose_storage(&self) -> Arc<dyn LogStorageProvider> {
         if let Some(storage) = self.storage.lock().as_ref() {
             return Arc::clone(storage);

@@ -74,6 +74,10 @@ pub trait LogStorageProvider: Send + Sync + 'static {
     fn open(&self) -> Result<()>;
     /// The storage of `group_id`, created empty when new. Requires `open`.
     fn group(&self, group_id: &str) -> Result<Arc<dyn LogStorage>>;
+    /// Deletes the log, vote and metadata of `group_id` durably (the group must not be
+    /// running): a later start of the same group begins empty, as a new member. Deleting a
+    /// group that has no storage succeeds. Requires `open`.
+    fn destroy_group(&self, group_id: &str) -> Result<()>;
     /// Flushes everything and stops background work. Idempotent.
     fn close(&self) -> Result<()>;
 }
@@ -178,6 +182,11 @@ impl LogStorageProvider for MemoryLogProvider {
     fn group(&self, group_id: &str) -> Result<Arc<dyn LogStorage>> {
         let storage = Arc::clone(self.groups.lock().entry(group_id.to_owned()).or_default());
         Ok(storage)
+    }
+
+    fn destroy_group(&self, group_id: &str) -> Result<()> {
+        self.groups.lock().remove(group_id);
+        Ok(())
     }
 
     fn close(&self) -> Result<()> {
@@ -412,6 +421,25 @@ impl LogStorageProvider for SledLogProvider {
             meta,
             flusher: Arc::clone(&open.flusher),
         }))
+    }
+
+    fn destroy_group(&self, group_id: &str) -> Result<()> {
+        let open = self.open.lock();
+        let Some(open) = open.as_ref() else {
+            return Err(Error::storage(
+                self.path_name(),
+                "raft log storage is not open",
+            ));
+        };
+        let name = format!("{} group {group_id}", self.path_name());
+        for tree in [format!("log/{group_id}"), format!("meta/{group_id}")] {
+            open.db
+                .drop_tree(tree.as_bytes())
+                .map_err(|e| Error::storage(name.clone(), e))?;
+        }
+        open.db.flush().map_err(|e| Error::storage(name, e))?;
+        tracing::info!(group_id, "raft group storage destroyed");
+        Ok(())
     }
 
     fn close(&self) -> Result<()> {

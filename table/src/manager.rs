@@ -316,15 +316,31 @@ impl TableManager {
         vault: Arc<VaultManager>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            schema,
+            service: partition_service,
+            catalog: RwLock::new(Catalog::default()),
+        });
         let mut registration = Ok(());
         for prefix in [TABLES_PREFIX, ASSIGNMENTS_PREFIX, STABLE_PREFIX] {
             let tx = tx.clone();
+            let sink = Arc::clone(&shared);
             let registered = ms.register_watch(
                 KeyMatcher::Prefix(prefix.to_vec()),
                 move |event: WatchEvent| {
+                    // the catalog follows the event before the watch reports it delivered (a
+                    // reader that waited for the revision sees the table); starting and
+                    // destroying replicas is the worker's, in the background
+                    let applied = {
+                        let mut catalog = sink.catalog.write();
+                        event
+                            .entries
+                            .iter()
+                            .try_for_each(|change| catalog.apply(&change.new))
+                    };
                     // the receiver lives as long as the manager
                     let _ = tx.send(event);
-                    std::future::ready(Ok::<(), BoxError>(()))
+                    std::future::ready(applied.map_err(|e| Box::new(e) as BoxError))
                 },
             );
             if let Err(e) = registered {
@@ -338,11 +354,7 @@ impl TableManager {
             raft,
             network,
             provider,
-            shared: Arc::new(Shared {
-                schema,
-                service: partition_service,
-                catalog: RwLock::new(Catalog::default()),
-            }),
+            shared,
             registration,
             events: Arc::new(tokio::sync::Mutex::new(rx)),
             local: Arc::new(tokio::sync::Mutex::new(HashMap::new())),
@@ -564,6 +576,12 @@ impl TableManager {
                 .into_keys()
                 .collect();
             let destroyed = recovery::destroy_stale(&self.provider, &keep).await?;
+            for (table_id, p) in &destroyed {
+                // their Raft logs go too: a replica assigned here again starts empty
+                self.raft
+                    .destroy_group(&crate::partition::partition_group_id(table_id, *p))
+                    .await?;
+            }
             tracing::info!(
                 stored_revision = stored,
                 recovery_revision,

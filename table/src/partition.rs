@@ -283,12 +283,11 @@ impl Partition {
     }
 
     /// Stops this replica's Raft group and destroys its partition storage (the table was
-    /// dropped or the replica moved away). The group's Raft log stays in the log storage.
+    /// dropped or the replica moved away), the group's Raft log and vote included.
     pub async fn destroy(self, raft: &RaftManager) -> Result<()> {
-        match raft.stop_group(self.inner.group.id()).await {
-            Ok(()) | Err(raft::Error::GroupNotFound(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
+        // the group's log goes with its rows: a replica that comes back later must start
+        // empty, not with a log its (empty) storage no longer matches
+        raft.destroy_group(self.inner.group.id()).await?;
         let storage = Arc::clone(&self.inner.storage);
         tokio::task::spawn_blocking(move || storage.destroy())
             .await

@@ -363,3 +363,39 @@ async fn groups_are_refused_twice_and_after_stop() -> Result<()> {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroyed_group_starts_again_empty() -> Result<()> {
+    bounded(async {
+        let dir = tempfile::tempdir()?;
+        let mut cluster =
+            Cluster::start(1, fast_config(), Storage::Sled(dir.path().to_path_buf())).await?;
+        let node = cluster.node_mut("n1")?;
+        let group = node.start_group("gone", &voters(1)).await?;
+        group.wait_for_leader(WAIT).await?;
+        for i in 0..10 {
+            group
+                .write(MemoryStateMachine::put(&format!("k{i}"), "v"))
+                .await?;
+        }
+        let before = group.metrics().last_log_index.context("a log")?;
+        assert!(before >= 10, "ten writes are in the log: {before}");
+        // a group that is kept keeps its log across a stop; a destroyed one does not
+        node.raft.destroy_group("gone").await?;
+        assert!(node.raft.group("gone").is_none(), "destroy stops the group");
+        node.raft.destroy_group("gone").await?;
+
+        let group = node.start_group("gone", &voters(1)).await?;
+        group.wait_for_leader(WAIT).await?;
+        let after = group.metrics();
+        assert!(
+            after.last_log_index.unwrap_or(0) < before,
+            "the log starts over: {before} -> {after:?}"
+        );
+        assert_eq!(node.sm("gone")?.get("k0"), None, "nothing is replayed");
+        group.write(MemoryStateMachine::put("fresh", "1")).await?;
+        assert_eq!(node.sm("gone")?.get("fresh").as_deref(), Some("1"));
+        cluster.stop().await
+    })
+    .await
+}
