@@ -430,10 +430,19 @@ async fn restart_with_keys() -> Result<Duration> {
 
     let started = Instant::now();
     let node = BenchNode::start("n1", &[], &data_dir).await?;
+    let below = started.elapsed();
     node.start_ms().await?;
+    let ms_started = started.elapsed();
     let last = key(RESTART_KEYS - 1);
     let found = node.ms.get(&last).await?;
     let serving = started.elapsed();
+    println!(
+        "  restart phases: vault+configuration+network+raft {}, metastorage start {}, \
+         first linearizable get {}",
+        crate::ms(below),
+        crate::ms(ms_started - below),
+        crate::ms(serving - ms_started)
+    );
     if found.is_none() {
         bail!("the last of {RESTART_KEYS} keys is missing after the restart");
     }
