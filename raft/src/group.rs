@@ -472,15 +472,31 @@ impl RaftGroup {
 
     /// Read index on this node, which must be the leader: the log index a linearizable read
     /// must wait for.
+    ///
+    /// openraft gives the quorum confirmation `election_timeout_min_ms`; under load a round
+    /// can miss it while this node is still the leader, so a missed round is retried
+    /// (within `raft.write_timeout_ms`) instead of failing the read.
     pub(crate) async fn local_read_index(&self) -> Result<u64> {
-        self.check_running()?;
-        let (read, _applied) = self
-            .inner
-            .guard
-            .wrap(self.inner.raft.get_read_log_id())
-            .await?
-            .map_err(|e| read_error(&self.inner.id, e))?;
-        Ok(read.map_or(0, |l| l.index))
+        let deadline = Instant::now() + self.inner.config.write_timeout();
+        loop {
+            self.check_running()?;
+            let result = self
+                .inner
+                .guard
+                .wrap(self.inner.raft.get_read_log_id())
+                .await?;
+            match result {
+                Ok((read, _applied)) => return Ok(read.map_or(0, |l| l.index)),
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))
+                    if Instant::now() < deadline =>
+                {
+                    tracing::debug!(group_id = %self.inner.id, reason = %q, "read index quorum round missed, retrying");
+                    let backoff = Duration::from_millis(self.inner.config.heartbeat_interval_ms);
+                    self.wait_for_change(deadline, backoff).await?;
+                }
+                Err(e) => return Err(read_error(&self.inner.id, e)),
+            }
+        }
     }
 
     /// Returns once this node's state machine reflects every write acknowledged before the
