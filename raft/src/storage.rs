@@ -356,6 +356,9 @@ impl LogStorage for SledLogStorage {
     }
 }
 
+/// How long `open` waits for the database lock that a stopping run of this process holds.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 struct OpenDb {
     db: sled::Db,
     flusher: Arc<Flusher>,
@@ -388,10 +391,22 @@ impl LogStorageProvider for SledLogProvider {
         if open.is_some() {
             return Ok(());
         }
-        let db = sled::Config::new()
-            .path(&self.path)
-            .open()
-            .map_err(|e| Error::storage(self.path_name(), e))?;
+        // A restart in the same process (tests, embedding) may come while the tasks of the
+        // previous run drop their last handles of the database and with them its file lock:
+        // wait for the lock a bounded time. Another process holding it is still refused.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new().path(&self.path).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(Error::storage(self.path_name(), e)),
+            }
+        };
         let flusher = Flusher::start(db.clone(), self.path_name())?;
         tracing::info!(path = %self.path.display(), "raft log storage opened");
         *open = Some(OpenDb { db, flusher });
