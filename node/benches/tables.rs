@@ -7,7 +7,8 @@
 //! upserts/s and linearizable gets/s at 64 operations in flight with p50/p99 (a fixed time per
 //! cell, the clients spread over the three nodes), bulk load rows/s (`upsert_all` in batches of
 //! 1,000, one loader per node); then 99 more such tables (100 tables x 8 partitions x 3
-//! replicas: 800 replicas per node) and, once every replica runs, the resident memory and the
+//! replicas: 800 replicas per node; the creates stop at the first table that does not appear
+//! on every node within a minute) and, once every replica runs, the resident memory and the
 //! CPU time of the idle process. The three nodes share this process: memory and CPU per node
 //! are the process's totals divided by 3. Prints one table with the goals and measured/goal
 //! ratios.
@@ -42,7 +43,7 @@ const IDLE_WINDOW: Duration = Duration::from_secs(10);
 /// idle window, so elections and the first heartbeats are over.
 const SETTLE: Duration = Duration::from_secs(5);
 /// Bound of anything the bench waits for.
-const WAIT: Duration = Duration::from_secs(180);
+const WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(20);
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -490,24 +491,40 @@ async fn run() -> Result<()> {
     }
 
     let creating = Instant::now();
-    // one create at a time, through the nodes in turn
+    // one create at a time, through the nodes in turn; when a table does not appear, the
+    // creates stop there and the idle figures are taken with the tables that run
+    let mut created = 1;
     for t in 1..tables {
-        cluster.create(t, &format!("idle_{t:03}")).await?;
+        match cluster.create(t, &format!("idle_{t:03}")).await {
+            Ok(_) => created += 1,
+            Err(e) => {
+                eprintln!("warning: {e:#}; no more tables are created");
+                break;
+            }
+        }
     }
-    let want = tables * PARTITIONS as usize * REPLICAS as usize / NODES;
+    let want = created * PARTITIONS as usize * REPLICAS as usize / NODES;
+    let mut running = Vec::new();
     for node in &cluster.nodes {
-        tokio::time::timeout(WAIT, async {
+        let reached = tokio::time::timeout(WAIT, async {
             while node.tables().local_partitions().await.len() < want {
                 tokio::time::sleep(POLL).await;
             }
         })
-        .await
-        .map_err(|_| anyhow!("{} did not start {want} replicas", node.name()))?;
+        .await;
+        if reached.is_err() {
+            eprintln!(
+                "warning: {} did not start {want} replicas in time",
+                node.name()
+            );
+        }
+        running.push(node.tables().local_partitions().await.len());
     }
     println!(
-        "{tables} tables ({want} replicas per node) running after {:.1} s",
+        "{created} of {tables} tables created; replicas per node {running:?} after {:.1} s",
         creating.elapsed().as_secs_f64()
     );
+    let want = running.iter().sum::<usize>() / NODES;
     tokio::time::sleep(SETTLE).await;
     let rss = rss_bytes()? as f64 / MIB / NODES as f64;
     let cpu_before = cpu_time()?;
