@@ -28,6 +28,24 @@ pub struct RaftConfiguration {
     pub install_snapshot_timeout_ms: u64,
     /// Deadline of a client write, including forwarding to the leader.
     pub write_timeout_ms: u64,
+    /// Lower bound of the election timeout of data groups (table partitions, started with
+    /// [`crate::RaftManager::start_data_group`]). A node runs hundreds of them, so they
+    /// heartbeat less often than the system groups (MetaStorage) timed by the fields above.
+    pub data_election_timeout_min_ms: u64,
+    /// Upper bound of the election timeout of data groups.
+    pub data_election_timeout_max_ms: u64,
+    /// How often the leader of a data group sends heartbeats.
+    pub data_heartbeat_interval_ms: u64,
+}
+
+/// Which timing a group runs with: system groups (MetaStorage) fail over fast, data groups
+/// (one per partition replica, hundreds per node) keep idle traffic low.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupClass {
+    /// `election_timeout_*_ms` and `heartbeat_interval_ms`.
+    System,
+    /// `data_election_timeout_*_ms` and `data_heartbeat_interval_ms`.
+    Data,
 }
 
 impl Default for RaftConfiguration {
@@ -44,6 +62,9 @@ impl Default for RaftConfiguration {
             max_payload_entries: 300,
             install_snapshot_timeout_ms: 5_000,
             write_timeout_ms: 10_000,
+            data_election_timeout_min_ms: 1_500,
+            data_election_timeout_max_ms: 3_000,
+            data_heartbeat_interval_ms: 500,
         }
     }
 }
@@ -61,25 +82,56 @@ impl RaftConfiguration {
                 self.install_snapshot_timeout_ms,
             ),
             ("write_timeout_ms", self.write_timeout_ms),
+            (
+                "data_election_timeout_min_ms",
+                self.data_election_timeout_min_ms,
+            ),
+            (
+                "data_heartbeat_interval_ms",
+                self.data_heartbeat_interval_ms,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
                 return Err((key.into(), "must be greater than 0".into()));
             }
         }
-        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
-            return Err((
-                "election_timeout_max_ms".into(),
-                "must be greater than election_timeout_min_ms".into(),
-            ));
-        }
-        if self.heartbeat_interval_ms >= self.election_timeout_min_ms {
-            return Err((
-                "heartbeat_interval_ms".into(),
-                "must be less than election_timeout_min_ms".into(),
-            ));
+        for class in [GroupClass::System, GroupClass::Data] {
+            let (min, max, heartbeat) = self.timing(class);
+            let prefix = match class {
+                GroupClass::System => "",
+                GroupClass::Data => "data_",
+            };
+            if max <= min {
+                return Err((
+                    format!("{prefix}election_timeout_max_ms"),
+                    format!("must be greater than {prefix}election_timeout_min_ms"),
+                ));
+            }
+            if heartbeat >= min {
+                return Err((
+                    format!("{prefix}heartbeat_interval_ms"),
+                    format!("must be less than {prefix}election_timeout_min_ms"),
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// (election timeout min, max, heartbeat interval) of `class`, in milliseconds.
+    pub fn timing(&self, class: GroupClass) -> (u64, u64, u64) {
+        match class {
+            GroupClass::System => (
+                self.election_timeout_min_ms,
+                self.election_timeout_max_ms,
+                self.heartbeat_interval_ms,
+            ),
+            GroupClass::Data => (
+                self.data_election_timeout_min_ms,
+                self.data_election_timeout_max_ms,
+                self.data_heartbeat_interval_ms,
+            ),
+        }
     }
 
     /// The write deadline.
@@ -88,14 +140,15 @@ impl RaftConfiguration {
     }
 
     /// openraft's configuration for group `group`.
-    pub(crate) fn to_openraft(&self, group: &str) -> Result<openraft::Config> {
+    pub(crate) fn to_openraft(&self, group: &str, class: GroupClass) -> Result<openraft::Config> {
         self.check()
             .map_err(|(key, reason)| Error::Config(format!("key raft.{key}: {reason}")))?;
+        let (election_timeout_min, election_timeout_max, heartbeat_interval) = self.timing(class);
         let config = openraft::Config {
             cluster_name: group.to_owned(),
-            election_timeout_min: self.election_timeout_min_ms,
-            election_timeout_max: self.election_timeout_max_ms,
-            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min,
+            election_timeout_max,
+            heartbeat_interval,
             install_snapshot_timeout: self.install_snapshot_timeout_ms,
             max_payload_entries: self.max_payload_entries,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
@@ -130,10 +183,16 @@ mod tests {
     fn defaults_are_valid_and_convert() {
         let config = RaftConfiguration::default();
         assert_eq!(config.check(), Ok(()));
-        let raft = config.to_openraft("g").unwrap();
+        let raft = config.to_openraft("g", GroupClass::System).unwrap();
         assert_eq!(raft.heartbeat_interval, 50);
         assert!(raft.election_timeout_min >= 4 * raft.heartbeat_interval);
         assert_eq!(raft.cluster_name, "g");
+        let data = config.to_openraft("p", GroupClass::Data).unwrap();
+        assert_eq!(data.heartbeat_interval, 500);
+        assert_eq!(
+            (data.election_timeout_min, data.election_timeout_max),
+            (1_500, 3_000)
+        );
     }
 
     #[test]
@@ -147,6 +206,10 @@ mod tests {
             (
                 json!({"heartbeat_interval_ms": 1000}),
                 "key raft.heartbeat_interval_ms: must be less than election_timeout_min_ms",
+            ),
+            (
+                json!({"data_heartbeat_interval_ms": 2000}),
+                "key raft.data_heartbeat_interval_ms: must be less than data_election_timeout_min_ms",
             ),
             (
                 json!({"max_payload_entries": 0}),

@@ -33,7 +33,7 @@ pub mod testing;
 mod types;
 
 pub use crate::{
-    config::RaftConfiguration,
+    config::{GroupClass, RaftConfiguration},
     error::{Error, Result},
     group::{GroupMetrics, RaftGroup, Role},
     manager::RaftManager,

@@ -22,7 +22,7 @@ use vault::VaultManager;
 
 use crate::{
     batch,
-    config::RaftConfiguration,
+    config::{GroupClass, RaftConfiguration},
     error::{Error, Result},
     group::{to_rejection, GroupInner, GroupMetrics, RaftGroup, Role},
     log_store::LogStore,
@@ -212,6 +212,29 @@ impl RaftManager {
         state_machine: Arc<dyn StateMachine>,
         members: GroupMembers,
     ) -> Result<RaftGroup> {
+        self.start_group_as(GroupClass::System, group_id, state_machine, members)
+            .await
+    }
+
+    /// [`start_group`](Self::start_group) for a data group (a table partition): the same,
+    /// timed by the `raft.data_*` settings (fewer heartbeats, slower failover).
+    pub async fn start_data_group(
+        &self,
+        group_id: &str,
+        state_machine: Arc<dyn StateMachine>,
+        members: GroupMembers,
+    ) -> Result<RaftGroup> {
+        self.start_group_as(GroupClass::Data, group_id, state_machine, members)
+            .await
+    }
+
+    async fn start_group_as(
+        &self,
+        class: GroupClass,
+        group_id: &str,
+        state_machine: Arc<dyn StateMachine>,
+        members: GroupMembers,
+    ) -> Result<RaftGroup> {
         let _ticket = self.shared.guard.enter()?;
         let _serial = self.groups_lock.lock().await;
         if self.shared.groups.read().contains_key(group_id) {
@@ -226,7 +249,7 @@ impl RaftManager {
         };
         check_ids(group_id, &members, &local)?;
         let config = self.configuration()?;
-        let raft_config = Arc::new(config.to_openraft(group_id)?);
+        let raft_config = Arc::new(config.to_openraft(group_id, class)?);
         let log = storage.group(group_id)?;
         let factory = NetworkFactory {
             group: group_id.to_owned(),
@@ -470,7 +493,8 @@ impl Component for RaftManager {
             .ok_or(Error::InvalidState("started before the network"))?
             .name;
         // validate the configuration now rather than at the first group
-        self.configuration()?.to_openraft("check")?;
+        self.configuration()?
+            .to_openraft("check", GroupClass::System)?;
         let storage = self.choose_storage();
         let opener = Arc::clone(&storage);
         tokio::task::spawn_blocking(move || opener.open())

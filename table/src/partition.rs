@@ -107,7 +107,7 @@ impl Partition {
             Arc::clone(&storage),
         ));
         let group = raft
-            .start_group(&partition_group_id(table_id, partition), sm, members)
+            .start_data_group(&partition_group_id(table_id, partition), sm, members)
             .await?;
         tracing::info!(table_id, partition, node = %group.node(), "partition replica started");
         Ok(Self::new(table_id, partition, group, storage))

@@ -19,7 +19,10 @@ fn options(name: &str, dir: &std::path::Path, seeds: Vec<String>) -> NodeOptions
         .with("network.failure_detection_ms", 1_000)
         .with("raft.election_timeout_min_ms", 500)
         .with("raft.election_timeout_max_ms", 1_000)
-        .with("raft.heartbeat_interval_ms", 100);
+        .with("raft.heartbeat_interval_ms", 100)
+        .with("raft.data_election_timeout_min_ms", 500)
+        .with("raft.data_election_timeout_max_ms", 1_000)
+        .with("raft.data_heartbeat_interval_ms", 100);
     options.standalone = false;
     options
 }

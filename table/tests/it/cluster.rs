@@ -29,6 +29,9 @@ pub(crate) fn fast_config() -> RaftConfiguration {
         election_timeout_min_ms: 500,
         election_timeout_max_ms: 1_000,
         heartbeat_interval_ms: 100,
+        data_election_timeout_min_ms: 500,
+        data_election_timeout_max_ms: 1_000,
+        data_heartbeat_interval_ms: 100,
         write_timeout_ms: 5_000,
         ..RaftConfiguration::default()
     }

@@ -84,10 +84,15 @@ impl TestNode {
         bootstrap.set("network.listen", json!("127.0.0.1:0"))?;
         bootstrap.set("network.seeds", json!(seeds))?;
         bootstrap.set("network.failure_detection_ms", json!(1_000))?;
-        // max first: each setting is checked against the others as they stand
-        bootstrap.set("raft.election_timeout_max_ms", json!(1_000))?;
-        bootstrap.set("raft.election_timeout_min_ms", json!(500))?;
-        bootstrap.set("raft.heartbeat_interval_ms", json!(100))?;
+        // validated together: a minimum and a maximum in any order
+        bootstrap.set_all([
+            ("raft.election_timeout_min_ms".to_owned(), json!(500)),
+            ("raft.election_timeout_max_ms".to_owned(), json!(1_000)),
+            ("raft.heartbeat_interval_ms".to_owned(), json!(100)),
+            ("raft.data_election_timeout_min_ms".to_owned(), json!(500)),
+            ("raft.data_election_timeout_max_ms".to_owned(), json!(1_000)),
+            ("raft.data_heartbeat_interval_ms".to_owned(), json!(100)),
+        ])?;
         bootstrap.set("metastorage.learner_check_interval_ms", json!(200))?;
         let config = Arc::new(ConfigurationManager::new(
             roots,
