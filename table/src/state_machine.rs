@@ -141,6 +141,18 @@ impl PartitionStateMachine {
         position: LogPosition,
         command: &[u8],
     ) -> Result<PartitionResponse> {
+        self.apply_one(position, command, true)
+    }
+
+    /// Applies one command; records `position` with its effects only when `record` (the
+    /// last command of an entry): a crash before the last command replays the whole entry,
+    /// and the commands applied before answer from the command-id window, unchanged.
+    fn apply_one(
+        &self,
+        position: LogPosition,
+        command: &[u8],
+        record: bool,
+    ) -> Result<PartitionResponse> {
         let command = match PartitionCommand::decode(command) {
             Ok(command) => command,
             Err(e) => {
@@ -151,9 +163,11 @@ impl PartitionStateMachine {
                     error = %e,
                     "invalid partition command in the log"
                 );
-                let mut batch = WriteBatch::new();
-                batch.applied_at(position);
-                self.storage.apply(batch)?;
+                if record {
+                    let mut batch = WriteBatch::new();
+                    batch.applied_at(position);
+                    self.storage.apply(batch)?;
+                }
                 return Ok(PartitionResponse::Invalid {
                     reason: e.to_string(),
                 });
@@ -167,9 +181,11 @@ impl PartitionStateMachine {
                 seq = command.id.seq,
                 "command applied before; answering the first response"
             );
-            let mut batch = WriteBatch::new();
-            batch.applied_at(position);
-            self.storage.apply(batch)?;
+            if record {
+                let mut batch = WriteBatch::new();
+                batch.applied_at(position);
+                self.storage.apply(batch)?;
+            }
             return Ok(response);
         }
         let mut overlay = Overlay::new(self.storage.as_ref());
@@ -213,7 +229,9 @@ impl PartitionStateMachine {
         };
         let mut batch = overlay.batch;
         self.remember(&mut batch, command.id, &response)?;
-        batch.applied_at(position);
+        if record {
+            batch.applied_at(position);
+        }
         self.storage.apply(batch)?;
         Ok(response)
     }
@@ -256,6 +274,28 @@ impl StateMachine for PartitionStateMachine {
 
     fn apply(&self, position: LogPosition, command: &[u8]) -> Result<Vec<u8>, BoxError> {
         Ok(self.apply_command(position, command)?.encode()?)
+    }
+
+    /// Concurrent writes to a partition share one log entry (one append and flush per
+    /// replica); every command carries an id, so replaying an entry is safe.
+    fn batching(&self) -> bool {
+        true
+    }
+
+    fn apply_batch(
+        &self,
+        position: LogPosition,
+        commands: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>, BoxError> {
+        let last = commands.len().saturating_sub(1);
+        let mut replies = Vec::with_capacity(commands.len());
+        for (i, command) in commands.iter().enumerate() {
+            replies.push(self.apply_one(position, command, i == last)?.encode()?);
+        }
+        if commands.is_empty() {
+            self.advance(position)?;
+        }
+        Ok(replies)
     }
 
     fn advance(&self, position: LogPosition) -> Result<(), BoxError> {
@@ -303,6 +343,48 @@ mod tests {
 
     fn id(seq: u64) -> CommandId {
         CommandId::new(uuid::Uuid::from_u128(5), seq)
+    }
+
+    #[test]
+    fn a_batch_replayed_after_a_crash_part_way_applies_each_command_once() {
+        let storage: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
+        let sm = PartitionStateMachine::new("t", 0, Arc::clone(&storage));
+        let insert = |seq: u64, key: &[u8]| {
+            PartitionCommand::new(
+                id(seq),
+                PartitionOp::Insert {
+                    key: key.to_vec(),
+                    value: b"v".to_vec(),
+                },
+            )
+            .encode()
+            .expect("encode")
+        };
+        let entry = vec![insert(1, b"a"), insert(2, b"b"), insert(3, b"a")];
+        StateMachine::advance(&sm, pos(4)).expect("advance");
+        // a crash after the first command: its effect is stored, the entry's position is not
+        assert_eq!(
+            sm.apply_one(pos(5), &entry[0], false).expect("apply"),
+            PartitionResponse::Inserted(true)
+        );
+        assert_eq!(storage.last_applied().expect("read"), Some(pos(4)));
+        // the whole entry is applied again after the restart: the first command answers
+        // from the window, the others apply once
+        let replies = sm.apply_batch(pos(5), &entry).expect("replay");
+        let replies: Vec<PartitionResponse> = replies
+            .iter()
+            .map(|r| PartitionResponse::decode(r).expect("reply"))
+            .collect();
+        assert_eq!(
+            replies,
+            [
+                PartitionResponse::Inserted(true),
+                PartitionResponse::Inserted(true),
+                PartitionResponse::Inserted(false),
+            ]
+        );
+        assert_eq!(storage.last_applied().expect("read"), Some(pos(5)));
+        assert!(sm.batching(), "partition writes share log entries");
     }
 
     #[test]
