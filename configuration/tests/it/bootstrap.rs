@@ -203,7 +203,11 @@ fn flags_override_file_and_environment() {
         ])
         .expect_err("the final port is out of range");
     assert_eq!(err.to_string(), "key node.port: must be at least 1024");
-    assert_eq!(cfg.values(), before, "a refused set of flags changes nothing");
+    assert_eq!(
+        cfg.values(),
+        before,
+        "a refused set of flags changes nothing"
+    );
 }
 
 #[test]
