@@ -75,6 +75,11 @@ impl ComponentRuntime {
         self.guard.lock().enter()
     }
 
+    /// The current run's cancellation token.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.lock().clone()
+    }
+
     /// The tracker the component spawns its tasks on.
     pub fn tasks(&self) -> &TaskTracker {
         &self.tasks

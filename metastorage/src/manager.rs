@@ -11,12 +11,14 @@ use std::{
 use async_trait::async_trait;
 use configuration::ConfigurationManager;
 use futures::future::join_all;
-use lifecycle::{spawn_supervised, BoxError, Component, FaultReporter, StartContext, StopGuard};
+use lifecycle::{
+    spawn_supervised, BoxError, Component, ComponentRuntime, FaultReporter, StartContext,
+};
 use network::{ClusterNode, NetworkManager, TopologyEvent};
 use parking_lot::{Mutex, RwLock};
 use raft::{GroupMembers, RaftGroup, RaftManager};
 use tokio::sync::{broadcast::error::RecvError, watch};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use vault::VaultManager;
 
@@ -146,9 +148,7 @@ pub struct MetaStorageManager {
     watches: Mutex<Watches>,
     running: RwLock<Option<Arc<Running>>>,
     memory_storage: Mutex<Option<Arc<dyn KeyValueStorage>>>,
-    guard: Mutex<StopGuard>,
-    cancel: Mutex<CancellationToken>,
-    tasks: TaskTracker,
+    runtime: ComponentRuntime,
     registration: std::result::Result<(), String>,
     /// The etcd v3 endpoint (served when `etcd_listen` is set).
     etcd: Endpoint,
@@ -193,9 +193,7 @@ impl MetaStorageManager {
             watches: Mutex::new(Watches::default()),
             running: RwLock::new(None),
             memory_storage: Mutex::new(None),
-            guard: Mutex::new(StopGuard::for_component(NAME)),
-            cancel: Mutex::new(CancellationToken::new()),
-            tasks: TaskTracker::new(),
+            runtime: ComponentRuntime::new(NAME),
             registration,
             etcd,
         }
@@ -358,7 +356,7 @@ impl MetaStorageManager {
 
     /// Holds the stop guard for one operation.
     fn enter(&self) -> Result<(lifecycle::StopTicket, Arc<Running>)> {
-        let ticket = self.guard.lock().clone().enter()?;
+        let ticket = self.runtime.enter()?;
         Ok((ticket, self.running()?))
     }
 
@@ -464,12 +462,12 @@ impl MetaStorageManager {
             running.sm.subscribe_revisions(),
             &running.faults,
         )?;
-        let cancel = self.cancel.lock().clone();
+        let cancel = self.runtime.cancel_token();
         let vault = Arc::clone(&self.vault);
         let processor = Arc::clone(&running.processor);
         let from = running.recovery_revision;
         spawn_supervised(
-            &self.tasks,
+            self.runtime.tasks(),
             &running.faults,
             NAME,
             "watch revision",
@@ -638,21 +636,7 @@ impl MetaStorageManager {
                 "registering the cluster message handler: {reason}"
             )));
         }
-        let guard = {
-            let mut guard = self.guard.lock();
-            if guard.is_blocked() {
-                *guard = StopGuard::for_component(NAME);
-            }
-            guard.clone()
-        };
-        let cancel = {
-            let mut cancel = self.cancel.lock();
-            if cancel.is_cancelled() {
-                *cancel = CancellationToken::new();
-            }
-            cancel.clone()
-        };
-        self.tasks.reopen();
+        let lifecycle::Run { guard, cancel } = self.runtime.begin();
         let config = self.configuration()?;
         let state = self.cluster.load().await?.ok_or(Error::NotInitialized)?;
         let topology = self.network.topology();
@@ -687,7 +671,13 @@ impl MetaStorageManager {
         if let Some(listen) = &config.etcd_listen {
             let served = self
                 .etcd
-                .serve(listen, &local, &self.tasks, &ctx.faults, cancel.clone())
+                .serve(
+                    listen,
+                    &local,
+                    self.runtime.tasks(),
+                    &ctx.faults,
+                    cancel.clone(),
+                )
                 .await;
             if let Err(e) = served {
                 if let Err(e) = self.raft.stop_group(METASTORAGE_GROUP).await {
@@ -700,7 +690,7 @@ impl MetaStorageManager {
         // Pushing the state to newcomers and adding learners must work while this node
         // recovers: another node's recovery may wait for it.
         spawn_supervised(
-            &self.tasks,
+            self.runtime.tasks(),
             &ctx.faults,
             NAME,
             "membership",
@@ -722,8 +712,8 @@ impl MetaStorageManager {
         if let Err(e) = recovery.await {
             tracing::warn!(node = %local, error = %e, "metastorage recovery failed");
             cancel.cancel();
-            self.tasks.close();
-            self.tasks.wait().await;
+            self.runtime.tasks().close();
+            self.runtime.tasks().wait().await;
             if let Err(e) = self.raft.stop_group(METASTORAGE_GROUP).await {
                 tracing::debug!(error = %e, "stopping the metastorage group after a failed start");
             }
@@ -759,7 +749,7 @@ impl MetaStorageManager {
         });
         if config.compaction_retention_revisions > 0 {
             spawn_supervised(
-                &self.tasks,
+                self.runtime.tasks(),
                 &ctx.faults,
                 NAME,
                 "compaction",
@@ -786,14 +776,10 @@ impl MetaStorageManager {
         // Blocked before taking the lifecycle lock: a start waiting in recovery gives up at
         // once and unwinds instead of keeping stop waiting. etcd watch streams end first.
         self.etcd.detach();
-        let guard = self.guard.lock().clone();
-        guard.block().await;
+        self.runtime.block().await;
         let _serial = self.lifecycle.lock().await;
-        let guard = self.guard.lock().clone();
-        guard.block().await;
-        self.cancel.lock().cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
+        self.runtime.block().await;
+        self.runtime.shutdown().await;
         self.etcd.stopped();
         // a start that finished while this stop waited for the lifecycle lock attached again
         self.etcd.detach();
@@ -847,14 +833,7 @@ impl MetaStorageManager {
         let Some(listen) = self.configuration()?.etcd_listen else {
             return Ok(None);
         };
-        let cancel = {
-            let mut cancel = self.cancel.lock();
-            if cancel.is_cancelled() {
-                *cancel = CancellationToken::new();
-            }
-            cancel.clone()
-        };
-        self.tasks.reopen();
+        let lifecycle::Run { cancel, .. } = self.runtime.begin();
         let node = self
             .network
             .topology()
@@ -862,7 +841,7 @@ impl MetaStorageManager {
             .map(|m| m.name)
             .unwrap_or_default();
         self.etcd
-            .serve(&listen, &node, &self.tasks, &ctx.faults, cancel)
+            .serve(&listen, &node, self.runtime.tasks(), &ctx.faults, cancel)
             .await
             .map(Some)
     }
