@@ -148,35 +148,31 @@ impl Table {
         &self,
         keys: Vec<(u32, Vec<u8>)>,
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        let count = keys.len();
-        let mut by_partition: BTreeMap<u32, (Vec<usize>, Vec<Vec<u8>>)> = BTreeMap::new();
-        for (i, (p, key)) in keys.into_iter().enumerate() {
-            let slot = by_partition.entry(p).or_default();
-            slot.0.push(i);
-            slot.1.push(key);
-        }
-        let mut reads = Vec::with_capacity(by_partition.len());
-        for (p, (indexes, keys)) in by_partition {
-            let client = self.client(p)?;
-            reads.push(async move {
-                let values = client.get_all(keys).await?;
-                Ok::<_, Error>((indexes, values))
-            });
-        }
-        let mut out = vec![None; count];
-        for (indexes, values) in try_join_all(reads).await? {
-            for (i, value) in indexes.into_iter().zip(values) {
-                if let Some(slot) = out.get_mut(i) {
-                    *slot = value;
-                }
-            }
-        }
-        Ok(out)
+        self.per_partition(
+            keys,
+            |client, keys| async move { client.get_all(keys).await },
+        )
+        .await
     }
 
     /// Deletes encoded `(partition, key)` pairs: one command per partition, the partitions
     /// in parallel; for each key, in the order of `keys`, whether it existed.
     pub(crate) async fn delete_partitioned(&self, keys: Vec<(u32, Vec<u8>)>) -> Result<Vec<bool>> {
+        self.per_partition(
+            keys,
+            |client, keys| async move { client.delete_all(keys).await },
+        )
+        .await
+    }
+
+    /// Runs `op` once per partition with that partition's keys, the partitions in parallel;
+    /// one answer per key, in the order of `keys`.
+    async fn per_partition<T, F, Fut>(&self, keys: Vec<(u32, Vec<u8>)>, op: F) -> Result<Vec<T>>
+    where
+        T: Default + Clone,
+        F: Fn(PartitionClient, Vec<Vec<u8>>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<T>>>,
+    {
         let count = keys.len();
         let mut by_partition: BTreeMap<u32, (Vec<usize>, Vec<Vec<u8>>)> = BTreeMap::new();
         for (i, (p, key)) in keys.into_iter().enumerate() {
@@ -184,19 +180,16 @@ impl Table {
             slot.0.push(i);
             slot.1.push(key);
         }
-        let mut deletes = Vec::with_capacity(by_partition.len());
+        let mut calls = Vec::with_capacity(by_partition.len());
         for (p, (indexes, keys)) in by_partition {
-            let client = self.client(p)?;
-            deletes.push(async move {
-                let existed = client.delete_all(keys).await?;
-                Ok::<_, Error>((indexes, existed))
-            });
+            let answers = op(self.client(p)?, keys);
+            calls.push(async move { Ok::<_, Error>((indexes, answers.await?)) });
         }
-        let mut out = vec![false; count];
-        for (indexes, existed) in try_join_all(deletes).await? {
-            for (i, existed) in indexes.into_iter().zip(existed) {
+        let mut out = vec![T::default(); count];
+        for (indexes, answers) in try_join_all(calls).await? {
+            for (i, answer) in indexes.into_iter().zip(answers) {
                 if let Some(slot) = out.get_mut(i) {
-                    *slot = existed;
+                    *slot = answer;
                 }
             }
         }
