@@ -359,6 +359,8 @@ impl LogStorage for SledLogStorage {
 /// How long `open` waits for the database lock that a stopping run of this process holds.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Handles of the open database (cheap to clone out of the lock).
+#[derive(Clone)]
 struct OpenDb {
     db: sled::Db,
     flusher: Arc<Flusher>,
@@ -372,6 +374,19 @@ pub struct SledLogProvider {
 }
 
 impl SledLogProvider {
+    /// The open database (a cheap handle) and the name of `group_id` in errors.
+    fn opened(&self, group_id: &str) -> Result<(OpenDb, String)> {
+        let open = self.open.lock();
+        let Some(open) = open.as_ref() else {
+            return Err(Error::storage(
+                self.path_name(),
+                "raft log storage is not open",
+            ));
+        };
+        let name = format!("{} group {group_id}", self.path_name());
+        Ok((open.clone(), name))
+    }
+
     /// No I/O: the database opens in [`LogStorageProvider::open`].
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
@@ -414,14 +429,7 @@ impl LogStorageProvider for SledLogProvider {
     }
 
     fn group(&self, group_id: &str) -> Result<Arc<dyn LogStorage>> {
-        let open = self.open.lock();
-        let Some(open) = open.as_ref() else {
-            return Err(Error::storage(
-                self.path_name(),
-                "raft log storage is not open",
-            ));
-        };
-        let name = format!("{} group {group_id}", self.path_name());
+        let (open, name) = self.opened(group_id)?;
         let log = open
             .db
             .open_tree(format!("log/{group_id}"))
@@ -439,14 +447,7 @@ impl LogStorageProvider for SledLogProvider {
     }
 
     fn destroy_group(&self, group_id: &str) -> Result<()> {
-        let open = self.open.lock();
-        let Some(open) = open.as_ref() else {
-            return Err(Error::storage(
-                self.path_name(),
-                "raft log storage is not open",
-            ));
-        };
-        let name = format!("{} group {group_id}", self.path_name());
+        let (open, name) = self.opened(group_id)?;
         for tree in [format!("log/{group_id}"), format!("meta/{group_id}")] {
             open.db
                 .drop_tree(tree.as_bytes())
