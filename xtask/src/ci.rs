@@ -1,6 +1,7 @@
 //! `cargo xtask ci`: exactly what CI runs. Format check, clippy with warnings denied, the tests
 //! of every workspace crate on its own (so each crate builds and passes alone), then tidy.
-//! Stops at the first failing step. Every cargo command gets `PROTOC` (the vendored protoc unless
+//! Stops at the first failing step. Installs etcdctl (Debian's etcd-client) when it is missing.
+//! Every cargo command gets `PROTOC` (the vendored protoc unless
 //! already set), so the `etcd-client` build script needs no system protoc.
 use std::{
     path::Path,
@@ -76,6 +77,10 @@ fn test_order(workspace: &Workspace) -> Vec<String> {
 
 /// Runs every CI step from `root`; fails naming the first step that failed.
 pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
+    // the node's etcd endpoint is tested with etcdctl (Debian's etcd-client), installed here
+    // when missing so that `cargo xtask ci` runs on a fresh machine
+    let etcdctl = tools::require_debian("etcdctl", "etcd-client")?;
+    println!("ci: etcdctl at {}", etcdctl.display());
     let workspace = Workspace::load(root)?;
     let steps = steps(&test_order(&workspace));
     let total = Instant::now();
