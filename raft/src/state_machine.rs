@@ -40,8 +40,10 @@ pub trait StateMachine: Send + Sync + 'static {
     fn batching(&self) -> bool {
         false
     }
-    /// Apply the commands of one committed entry at `position`, in order; one reply per
-    /// command. Only entries of a [`batching`](Self::batching) group hold several commands.
+    /// Apply the commands of one or more consecutive committed entries, in order, the last
+    /// of them at `position`; one reply per command. Only a [`batching`](Self::batching)
+    /// group is given several commands: the commands of one entry, or of every command
+    /// entry openraft hands over together (one storage transaction for all of them).
     ///
     /// A crash part-way must not lose commands: either `position` is recorded only with the
     /// effect of the last command (so the whole entry is replayed, and replaying a command
@@ -71,6 +73,8 @@ struct Shared {
     lock: Mutex<()>,
     current: Mutex<Option<(SnapshotMeta, Vec<u8>)>>,
     seq: AtomicU64,
+    /// [`StateMachine::batching`], read once.
+    batching: bool,
 }
 
 /// openraft's view of a user [`StateMachine`]. Cheap to clone (the snapshot builder is one).
@@ -92,6 +96,7 @@ impl StateMachineStore {
         Self {
             shared: Arc::new(Shared {
                 group: group.to_owned(),
+                batching: sm.batching(),
                 sm,
                 storage,
                 lock: Mutex::new(()),
@@ -179,6 +184,88 @@ impl StateMachineStore {
     }
 }
 
+/// `commands` of one entry (or of a run of entries ending at `id`) through `apply_batch`:
+/// one reply per command, or a storage error.
+fn apply_commands(
+    shared: &Shared,
+    id: LogId,
+    commands: &[Vec<u8>],
+) -> Result<Vec<Vec<u8>>, StorageError> {
+    let replies = shared
+        .sm
+        .apply_batch(LogPosition::from(&id), commands)
+        .map_err(|e| StorageIOError::apply(id, sm_err(&shared.group, "apply batch", &e)))?;
+    if replies.len() != commands.len() {
+        let e: BoxError =
+            format!("{} replies to {} commands", replies.len(), commands.len()).into();
+        return Err(StorageIOError::apply(id, sm_err(&shared.group, "apply batch", &e)).into());
+    }
+    Ok(replies)
+}
+
+/// Runs a state-machine apply on tokio's blocking pool: storage writes may block on the disk
+/// (sled writes out its log buffers on the calling thread when its I/O pool is busy), and a
+/// runtime worker blocked there would stall every other group's tasks on it.
+async fn off_runtime<T: Send + 'static>(
+    id: LogId,
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        StorageError::from(StorageIOError::apply(
+            id,
+            AnyError::error(format!("state machine apply task failed: {e}")),
+        ))
+    })?
+}
+
+/// Consecutive committed command entries of a batching group, gathered so that one
+/// `apply_batch` (one storage transaction) applies all of them, recorded at the last one's
+/// position; the replies are split back per entry.
+#[derive(Default)]
+struct CommandRun {
+    commands: Vec<Vec<u8>>,
+    /// Per entry: how many of `commands` it holds.
+    sizes: Vec<usize>,
+    last: Option<LogId>,
+}
+
+impl CommandRun {
+    fn push(&mut self, id: LogId, command: Command) {
+        let before = self.commands.len();
+        match command {
+            Command::One(c) => self.commands.push(c),
+            Command::Batch(cs) => self.commands.extend(cs),
+        }
+        self.sizes.push(self.commands.len() - before);
+        self.last = Some(id);
+    }
+
+    /// Applies the gathered entries (if any) and appends one response per entry.
+    async fn apply(
+        &mut self,
+        shared: &Arc<Shared>,
+        replies: &mut Vec<Response>,
+    ) -> Result<(), StorageError> {
+        let Some(id) = self.last.take() else {
+            return Ok(());
+        };
+        let commands = std::mem::take(&mut self.commands);
+        let all = {
+            let shared = Arc::clone(shared);
+            off_runtime(id, move || {
+                let _serial = shared.lock.lock();
+                apply_commands(&shared, id, &commands)
+            })
+            .await?
+        };
+        let mut all = all.into_iter();
+        for size in self.sizes.drain(..) {
+            replies.push(Response(all.by_ref().take(size).collect()));
+        }
+        Ok(())
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         Ok(self.build().map_err(StorageIOError::read_state_machine)?)
@@ -202,34 +289,37 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let storage = shared.storage.as_ref();
         let mut replies = Vec::new();
         let mut last = None;
+        // consecutive command entries of a batching group: applied with one `apply_batch`
+        let mut run = CommandRun::default();
         for entry in entries {
             let id = entry.log_id;
             let pos = LogPosition::from(&id);
-            let reply = match entry.payload {
+            match entry.payload {
+                EntryPayload::Normal(command) if shared.batching => {
+                    run.push(id, command);
+                }
                 EntryPayload::Normal(Command::One(command)) => {
-                    let _serial = shared.lock.lock();
-                    vec![shared.sm.apply(pos, &command).map_err(|e| {
-                        StorageIOError::apply(id, sm_err(&shared.group, "apply", &e))
-                    })?]
+                    let shared = Arc::clone(&shared);
+                    let reply = off_runtime(id, move || {
+                        let _serial = shared.lock.lock();
+                        shared.sm.apply(pos, &command).map_err(|e| {
+                            StorageIOError::apply(id, sm_err(&shared.group, "apply", &e)).into()
+                        })
+                    })
+                    .await?;
+                    replies.push(Response(vec![reply]));
                 }
                 EntryPayload::Normal(Command::Batch(commands)) => {
-                    let _serial = shared.lock.lock();
-                    let replies = shared.sm.apply_batch(pos, &commands).map_err(|e| {
-                        StorageIOError::apply(id, sm_err(&shared.group, "apply batch", &e))
-                    })?;
-                    if replies.len() != commands.len() {
-                        let e: BoxError =
-                            format!("{} replies to {} commands", replies.len(), commands.len())
-                                .into();
-                        return Err(StorageIOError::apply(
-                            id,
-                            sm_err(&shared.group, "apply batch", &e),
-                        )
-                        .into());
-                    }
-                    replies
+                    let shared = Arc::clone(&shared);
+                    let batch = off_runtime(id, move || {
+                        let _serial = shared.lock.lock();
+                        apply_commands(&shared, id, &commands)
+                    })
+                    .await?;
+                    replies.push(Response(batch));
                 }
                 EntryPayload::Membership(membership) => {
+                    run.apply(&shared, &mut replies).await?;
                     // the membership first: a crash before `advance` re-applies this entry
                     let stored = StoredMembership::new(Some(id), membership);
                     write_meta(storage, MetaKey::AppliedMembership, &stored)
@@ -241,19 +331,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     shared.sm.advance(pos).map_err(|e| {
                         StorageIOError::apply(id, sm_err(&shared.group, "advance", &e))
                     })?;
-                    Vec::new()
+                    replies.push(Response(Vec::new()));
                 }
                 EntryPayload::Blank => {
+                    run.apply(&shared, &mut replies).await?;
                     let _serial = shared.lock.lock();
                     shared.sm.advance(pos).map_err(|e| {
                         StorageIOError::apply(id, sm_err(&shared.group, "advance", &e))
                     })?;
-                    Vec::new()
+                    replies.push(Response(Vec::new()));
                 }
-            };
-            replies.push(Response(reply));
+            }
             last = Some(id);
         }
+        run.apply(&shared, &mut replies).await?;
         if let Some(id) = last {
             write_meta(storage, MetaKey::AppliedHint, &id)
                 .map_err(|e| StorageIOError::apply(id, e))?;
@@ -404,5 +495,77 @@ mod tests {
         );
         let err = store.apply(vec![batch]).await.unwrap_err();
         assert!(err.to_string().contains("1 replies to 2 commands"), "{err}");
+    }
+
+    /// Records each `apply_batch` call (position, command count); echoes every command.
+    #[derive(Default)]
+    struct Recording {
+        calls: Mutex<Vec<(u64, usize)>>,
+    }
+
+    impl StateMachine for Recording {
+        fn last_applied(&self) -> Result<Option<LogPosition>, BoxError> {
+            Ok(None)
+        }
+        fn apply(&self, _: LogPosition, c: &[u8]) -> Result<Vec<u8>, BoxError> {
+            Ok(c.to_vec())
+        }
+        fn batching(&self) -> bool {
+            true
+        }
+        fn apply_batch(&self, p: LogPosition, c: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, BoxError> {
+            self.calls.lock().push((p.index, c.len()));
+            Ok(c.to_vec())
+        }
+        fn advance(&self, _: LogPosition) -> Result<(), BoxError> {
+            Ok(())
+        }
+        fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
+            Ok(Vec::new())
+        }
+        fn restore(&self, _: LogPosition, _: &[u8]) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn consecutive_command_entries_of_a_batching_group_apply_together() {
+        let sm = Arc::new(Recording::default());
+        let mut store = StateMachineStore::new(
+            "g",
+            Arc::clone(&sm) as Arc<dyn StateMachine>,
+            Arc::new(MemoryLogStorage::new()),
+        );
+        let one = |i: u64, c: &[u8]| entry(i, EntryPayload::Normal(Command::One(c.to_vec())));
+        let batch = |i: u64, cs: &[&[u8]]| {
+            entry(
+                i,
+                EntryPayload::Normal(Command::Batch(cs.iter().map(|c| c.to_vec()).collect())),
+            )
+        };
+        let entries = vec![
+            one(1, b"a"),
+            batch(2, &[b"b", b"c"]),
+            one(3, b"d"),
+            entry(4, EntryPayload::Blank),
+            batch(5, &[b"e", b"f"]),
+            one(6, b"g"),
+        ];
+        let responses = store.apply(entries).await.unwrap();
+        let got: Vec<Vec<Vec<u8>>> = responses.into_iter().map(|r| r.0).collect();
+        let want: Vec<Vec<Vec<u8>>> = vec![
+            vec![b"a".to_vec()],
+            vec![b"b".to_vec(), b"c".to_vec()],
+            vec![b"d".to_vec()],
+            vec![],
+            vec![b"e".to_vec(), b"f".to_vec()],
+            vec![b"g".to_vec()],
+        ];
+        assert_eq!(
+            got, want,
+            "one response per entry, each with its own replies"
+        );
+        // entries 1-3 in one call at position 3, the blank apart, entries 5-6 at position 6
+        assert_eq!(*sm.calls.lock(), vec![(3, 4), (6, 3)]);
     }
 }

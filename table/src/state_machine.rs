@@ -42,10 +42,12 @@ fn encode_u64(what: &'static str, value: &impl serde::Serialize) -> Result<Vec<u
     })
 }
 
-/// Rows as a command sees them: its own earlier changes over the storage.
+/// Rows and meta keys as a command sees them: the changes of the commands before it in the
+/// same batch over the storage. Everything goes into one [`WriteBatch`].
 struct Overlay<'a> {
     storage: &'a dyn PartitionStorage,
     changed: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    meta_changed: HashMap<Vec<u8>, Option<Vec<u8>>>,
     batch: WriteBatch,
 }
 
@@ -54,6 +56,7 @@ impl<'a> Overlay<'a> {
         Self {
             storage,
             changed: HashMap::new(),
+            meta_changed: HashMap::new(),
             batch: WriteBatch::new(),
         }
     }
@@ -68,6 +71,23 @@ impl<'a> Overlay<'a> {
     fn set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
         self.changed.insert(key.clone(), value.clone());
         self.batch.rows.push((key, value));
+    }
+
+    fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.meta_changed.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => self.storage.meta(key),
+        }
+    }
+
+    fn put_meta(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.meta_changed.insert(key.clone(), Some(value.clone()));
+        self.batch.put_meta(key, value);
+    }
+
+    fn delete_meta(&mut self, key: Vec<u8>) {
+        self.meta_changed.insert(key.clone(), None);
+        self.batch.delete_meta(key);
     }
 }
 
@@ -127,12 +147,7 @@ impl PartitionStateMachine {
 
     /// The remembered response of command `id`, if it is in the window.
     pub fn remembered(&self, id: CommandId) -> Result<Option<PartitionResponse>> {
-        let Some(raw) = self.storage.meta(&command_key(id))? else {
-            return Ok(None);
-        };
-        let (_seq, response): (u64, Vec<u8>) =
-            postcard::from_bytes(&raw).map_err(|e| Error::decode("command record", e))?;
-        PartitionResponse::decode(&response).map(Some)
+        decode_record(self.storage.meta(&command_key(id))?)
     }
 
     /// Applies one encoded command at `position` and returns the response.
@@ -141,17 +156,38 @@ impl PartitionStateMachine {
         position: LogPosition,
         command: &[u8],
     ) -> Result<PartitionResponse> {
-        self.apply_one(position, command, true)
+        let mut responses =
+            self.apply_commands(position, std::slice::from_ref(&command.to_vec()))?;
+        responses.pop().ok_or_else(|| Error::Encode {
+            what: "partition response",
+            reason: "no response to a command".into(),
+        })
     }
 
-    /// Applies one command; records `position` with its effects only when `record` (the
-    /// last command of an entry): a crash before the last command replays the whole entry,
-    /// and the commands applied before answer from the command-id window, unchanged.
-    fn apply_one(
+    /// Applies `commands` in order, each seeing the ones before it, and records `position`:
+    /// ONE storage batch for all of them (one sled write), so a crash keeps all or none.
+    fn apply_commands(
         &self,
         position: LogPosition,
+        commands: &[Vec<u8>],
+    ) -> Result<Vec<PartitionResponse>> {
+        let mut overlay = Overlay::new(self.storage.as_ref());
+        let responses = commands
+            .iter()
+            .map(|command| self.apply_one(&mut overlay, position, command))
+            .collect::<Result<Vec<_>>>()?;
+        let mut batch = overlay.batch;
+        batch.applied_at(position);
+        self.storage.apply(batch)?;
+        Ok(responses)
+    }
+
+    /// Plans one command over `overlay` (its writes and window bookkeeping join the batch).
+    fn apply_one(
+        &self,
+        overlay: &mut Overlay<'_>,
+        position: LogPosition,
         command: &[u8],
-        record: bool,
     ) -> Result<PartitionResponse> {
         let command = match PartitionCommand::decode(command) {
             Ok(command) => command,
@@ -163,17 +199,12 @@ impl PartitionStateMachine {
                     error = %e,
                     "invalid partition command in the log"
                 );
-                if record {
-                    let mut batch = WriteBatch::new();
-                    batch.applied_at(position);
-                    self.storage.apply(batch)?;
-                }
                 return Ok(PartitionResponse::Invalid {
                     reason: e.to_string(),
                 });
             }
         };
-        if let Some(response) = self.remembered(command.id)? {
+        if let Some(response) = decode_record(overlay.meta(&command_key(command.id))?)? {
             tracing::debug!(
                 table_id = %self.table_id,
                 partition = self.partition,
@@ -181,14 +212,8 @@ impl PartitionStateMachine {
                 seq = command.id.seq,
                 "command applied before; answering the first response"
             );
-            if record {
-                let mut batch = WriteBatch::new();
-                batch.applied_at(position);
-                self.storage.apply(batch)?;
-            }
             return Ok(response);
         }
-        let mut overlay = Overlay::new(self.storage.as_ref());
         let response = match command.op {
             PartitionOp::Upsert { rows } => {
                 for (key, value) in rows {
@@ -227,23 +252,18 @@ impl PartitionStateMachine {
                 PartitionResponse::Inserted(absent)
             }
         };
-        let mut batch = overlay.batch;
-        self.remember(&mut batch, command.id, &response)?;
-        if record {
-            batch.applied_at(position);
-        }
-        self.storage.apply(batch)?;
+        self.remember(overlay, command.id, &response)?;
         Ok(response)
     }
 
-    /// Adds the window bookkeeping for `id` to `batch`, evicting the oldest id when full.
+    /// Adds the window bookkeeping for `id`, evicting the oldest id when full.
     fn remember(
         &self,
-        batch: &mut WriteBatch,
+        overlay: &mut Overlay<'_>,
         id: CommandId,
         response: &PartitionResponse,
     ) -> Result<()> {
-        let last: u64 = match self.storage.meta(LAST_SEQ_KEY)? {
+        let last: u64 = match overlay.meta(LAST_SEQ_KEY)? {
             Some(raw) => {
                 postcard::from_bytes(&raw).map_err(|e| Error::decode("command sequence", e))?
             }
@@ -251,20 +271,30 @@ impl PartitionStateMachine {
         };
         let seq = last + 1;
         let record = encode_u64("command record", &(seq, response.encode()?))?;
-        batch.put_meta(command_key(id), record);
-        batch.put_meta(seq_key(seq), id.to_bytes().to_vec());
-        batch.put_meta(LAST_SEQ_KEY.to_vec(), encode_u64("command sequence", &seq)?);
+        overlay.put_meta(command_key(id), record);
+        overlay.put_meta(seq_key(seq), id.to_bytes().to_vec());
+        overlay.put_meta(LAST_SEQ_KEY.to_vec(), encode_u64("command sequence", &seq)?);
         if seq > self.window {
             let evicted = seq - self.window;
-            if let Some(raw) = self.storage.meta(&seq_key(evicted))? {
+            if let Some(raw) = overlay.meta(&seq_key(evicted))? {
                 if let Some(old) = CommandId::from_bytes(&raw) {
-                    batch.delete_meta(command_key(old));
+                    overlay.delete_meta(command_key(old));
                 }
-                batch.delete_meta(seq_key(evicted));
+                overlay.delete_meta(seq_key(evicted));
             }
         }
         Ok(())
     }
+}
+
+/// A remembered command record's response.
+fn decode_record(raw: Option<Vec<u8>>) -> Result<Option<PartitionResponse>> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let (_seq, response): (u64, Vec<u8>) =
+        postcard::from_bytes(&raw).map_err(|e| Error::decode("command record", e))?;
+    PartitionResponse::decode(&response).map(Some)
 }
 
 impl StateMachine for PartitionStateMachine {
@@ -277,25 +307,23 @@ impl StateMachine for PartitionStateMachine {
     }
 
     /// Concurrent writes to a partition share one log entry (one append and flush per
-    /// replica); every command carries an id, so replaying an entry is safe.
+    /// replica); the commands of an entry (or of consecutive entries) apply as one storage
+    /// batch with the position, and every command carries an id, so replaying is safe.
     fn batching(&self) -> bool {
         true
     }
 
+    /// One storage batch for all `commands` (rows, window bookkeeping and `position`).
     fn apply_batch(
         &self,
         position: LogPosition,
         commands: &[Vec<u8>],
     ) -> Result<Vec<Vec<u8>>, BoxError> {
-        let last = commands.len().saturating_sub(1);
-        let mut replies = Vec::with_capacity(commands.len());
-        for (i, command) in commands.iter().enumerate() {
-            replies.push(self.apply_one(position, command, i == last)?.encode()?);
-        }
-        if commands.is_empty() {
-            self.advance(position)?;
-        }
-        Ok(replies)
+        let responses = self.apply_commands(position, commands)?;
+        Ok(responses
+            .iter()
+            .map(PartitionResponse::encode)
+            .collect::<Result<Vec<_>>>()?)
     }
 
     fn advance(&self, position: LogPosition) -> Result<(), BoxError> {
@@ -346,44 +374,50 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_replayed_after_a_crash_part_way_applies_each_command_once() {
+    fn a_batch_applies_as_one_and_a_replay_answers_from_the_window() {
         let storage: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
         let sm = PartitionStateMachine::new("t", 0, Arc::clone(&storage));
-        let insert = |seq: u64, key: &[u8]| {
+        let insert = |seq: u64, key: &[u8], value: &[u8]| {
             PartitionCommand::new(
                 id(seq),
                 PartitionOp::Insert {
                     key: key.to_vec(),
-                    value: b"v".to_vec(),
+                    value: value.to_vec(),
                 },
             )
             .encode()
             .expect("encode")
         };
-        let entry = vec![insert(1, b"a"), insert(2, b"b"), insert(3, b"a")];
+        // the third command sees the first one's row; the fourth is a retry of the first
+        let entry = vec![
+            insert(1, b"a", b"1"),
+            insert(2, b"b", b"2"),
+            insert(3, b"a", b"3"),
+            insert(1, b"a", b"1"),
+        ];
         StateMachine::advance(&sm, pos(4)).expect("advance");
-        // a crash after the first command: its effect is stored, the entry's position is not
-        assert_eq!(
-            sm.apply_one(pos(5), &entry[0], false).expect("apply"),
-            PartitionResponse::Inserted(true)
-        );
-        assert_eq!(storage.last_applied().expect("read"), Some(pos(4)));
-        // the whole entry is applied again after the restart: the first command answers
-        // from the window, the others apply once
-        let replies = sm.apply_batch(pos(5), &entry).expect("replay");
-        let replies: Vec<PartitionResponse> = replies
-            .iter()
-            .map(|r| PartitionResponse::decode(r).expect("reply"))
-            .collect();
-        assert_eq!(
-            replies,
-            [
-                PartitionResponse::Inserted(true),
-                PartitionResponse::Inserted(true),
-                PartitionResponse::Inserted(false),
-            ]
-        );
+        let decode = |replies: Vec<Vec<u8>>| -> Vec<PartitionResponse> {
+            replies
+                .iter()
+                .map(|r| PartitionResponse::decode(r).expect("reply"))
+                .collect()
+        };
+        let expected = [
+            PartitionResponse::Inserted(true),
+            PartitionResponse::Inserted(true),
+            PartitionResponse::Inserted(false),
+            PartitionResponse::Inserted(true),
+        ];
+        let first = decode(sm.apply_batch(pos(5), &entry).expect("apply"));
+        assert_eq!(first, expected);
         assert_eq!(storage.last_applied().expect("read"), Some(pos(5)));
+        assert_eq!(storage.get(b"a").expect("get"), Some(b"1".to_vec()));
+        assert_eq!(storage.get(b"b").expect("get"), Some(b"2".to_vec()));
+        // the entry applied again (a replay after a crash) changes nothing and answers the
+        // same from the command-id window
+        let again = decode(sm.apply_batch(pos(5), &entry).expect("replay"));
+        assert_eq!(again, expected);
+        assert_eq!(storage.get(b"a").expect("get"), Some(b"1".to_vec()));
         assert!(sm.batching(), "partition writes share log entries");
     }
 

@@ -3,8 +3,9 @@
 //!
 //! Tree layout: `a` -> the last applied position, `m<key>` -> meta, `r<key>` -> rows, so a
 //! row scan is one contiguous range. A batch is one sled batch (atomic); applies are not
-//! flushed one by one (the Raft log is durable and re-applies after a crash), but a snapshot
-//! and a restore flush, so state that a purged log no longer covers is always on disk.
+//! flushed one by one and sled's periodic background fsync is off (the Raft log is durable
+//! and re-applies after a crash), but a snapshot, a restore and closing flush, so state that
+//! a purged log no longer covers is always on disk.
 use std::{
     ops::Bound,
     panic::{catch_unwind, AssertUnwindSafe},
@@ -289,7 +290,7 @@ impl PartitionStorageProvider for SledPartitionProvider {
         })?;
         let deadline = Instant::now() + SLED_RELEASE_WAIT;
         let db = loop {
-            let config = sled::Config::new().path(&self.path);
+            let config = sled::Config::new().path(&self.path).flush_every_ms(None);
             match guarded(&self.what(), || config.open()) {
                 // sled's background threads of a previous instance in this process may hold
                 // the file lock for a moment after it was dropped
