@@ -8,10 +8,15 @@
 //! - `commands`: command id -> `seq(be)` + outcome; `command_order`: `seq(be)` -> id;
 //! - `meta`: the counters and the last applied log position.
 //!
-//! A commit is one sled transaction over all trees; a batch of commands (one Raft entry)
-//! is one transaction too. Readers never see half a commit: the
-//! counters are published in memory after the transaction, and reads only look at
-//! revisions at or below the published one. Compaction first commits its new revision,
+//! Write-behind: committed write sets are first kept in memory ([`Pending`], read through
+//! together with sled) and written to sled in ONE transaction over all trees once
+//! [`WRITE_BEHIND_SETS`] of them have gathered, before a snapshot or compaction, on `flush`
+//! and on close. Every sled transaction writes and syncs its log buffer twice, so this takes
+//! the sled cost off each Raft batch. Nothing acknowledged depends on it: the Raft log is
+//! the durable record, the applied position is written in the same transaction as the data,
+//! and after a crash Raft applies the entries after it again. Readers never see half a
+//! commit: the counters are published in memory after the write set is in [`Pending`], and
+//! reads only look at revisions at or below the published one. Compaction first commits its new revision,
 //! then prunes history under a lock that readers share; a crash mid-prune is finished at
 //! the next open (`pruned` lags `compacted`). A crash mid-restore leaves a `restoring`
 //! flag: the next open starts empty, so Raft sends the snapshot again.
@@ -20,6 +25,8 @@ use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -39,6 +46,8 @@ const FORMAT: &[u8] = b"1";
 const SLED_RELEASE_WAIT: Duration = Duration::from_secs(10);
 const SLED_RELEASE_POLL: Duration = Duration::from_millis(10);
 const IMPORT_BATCH: usize = 10_000;
+/// Write sets kept in memory before they are written to sled in one transaction.
+pub const WRITE_BEHIND_SETS: usize = 256;
 
 mod meta_key {
     pub(super) const FORMAT: &[u8] = b"format";
@@ -66,6 +75,108 @@ struct EncodedWriteSet {
     evict: Option<(u64, CommandId)>,
 }
 
+/// Committed write sets not yet in sled, indexed the way reads need them.
+#[derive(Default)]
+struct Pending {
+    /// In commit order: what the next sled transaction writes.
+    sets: Vec<WriteSet>,
+    /// key -> its versions in `sets`, ascending revision.
+    versions: BTreeMap<Vec<u8>, Vec<Entry>>,
+    /// revision -> the keys it wrote.
+    revisions: HashMap<u64, Vec<Vec<u8>>>,
+    commands: HashMap<CommandId, Outcome>,
+    order: HashMap<u64, CommandId>,
+    /// Ids and sequence numbers `sets` evicted from the window (sled may still hold them).
+    evicted: HashSet<CommandId>,
+    evicted_seqs: HashSet<u64>,
+}
+
+impl Pending {
+    fn absorb(&mut self, ws: WriteSet) {
+        if !ws.entries.is_empty() {
+            self.revisions.insert(
+                ws.meta.revision,
+                ws.entries.iter().map(|e| e.key.clone()).collect(),
+            );
+        }
+        for e in &ws.entries {
+            self.versions
+                .entry(e.key.clone())
+                .or_default()
+                .push(e.clone());
+        }
+        if let Some(r) = ws.record {
+            self.commands.insert(r.id, r.outcome);
+            self.evicted.remove(&r.id);
+            self.order.insert(r.seq, r.id);
+        }
+        if let Some((seq, id)) = ws.evict {
+            self.order.remove(&seq);
+            self.evicted_seqs.insert(seq);
+            self.commands.remove(&id);
+            self.evicted.insert(id);
+        }
+        self.sets.push(ws);
+    }
+
+    /// The latest pending version of `key` at or below `revision`.
+    fn version_at(&self, key: &[u8], revision: u64) -> Option<Entry> {
+        let history = self.versions.get(key)?;
+        let n = history.partition_point(|e| e.revision <= revision);
+        n.checked_sub(1).map(|i| history[i].clone())
+    }
+
+    /// For each pending key in the scanned range, its latest version at or below `revision`.
+    fn scan_at(&self, from: &[u8], to: Option<&[u8]>, prefix: bool, revision: u64) -> Vec<Entry> {
+        let range = self.versions.range(from.to_vec()..);
+        let in_range = |key: &[u8]| {
+            if prefix {
+                key.starts_with(from)
+            } else {
+                to.is_none_or(|to| key < to)
+            }
+        };
+        range
+            .take_while(|(key, _)| in_range(key))
+            .filter_map(|(key, _)| self.version_at(key, revision))
+            .collect()
+    }
+
+    /// `Some` when the pending sets decide what sled would answer for `id`.
+    fn command(&self, id: &CommandId) -> Option<Option<Outcome>> {
+        if let Some(outcome) = self.commands.get(id) {
+            return Some(Some(*outcome));
+        }
+        self.evicted.contains(id).then_some(None)
+    }
+
+    fn command_at_seq(&self, seq: u64) -> Option<Option<CommandId>> {
+        if let Some(id) = self.order.get(&seq) {
+            return Some(Some(*id));
+        }
+        self.evicted_seqs.contains(&seq).then_some(None)
+    }
+}
+
+/// `sled` (one key's latest version each, ascending key) with `pending` laid over it: a
+/// pending version is always newer than any in sled.
+fn merge_scans(sled: Vec<Entry>, pending: Vec<Entry>) -> Vec<Entry> {
+    if pending.is_empty() {
+        return sled;
+    }
+    let mut out = Vec::with_capacity(sled.len() + pending.len());
+    let mut sled = sled.into_iter().peekable();
+    for p in pending {
+        while let Some(s) = sled.next_if(|s| s.key < p.key) {
+            out.push(s);
+        }
+        sled.next_if(|s| s.key == p.key);
+        out.push(p);
+    }
+    out.extend(sled);
+    out
+}
+
 struct Trees {
     entries: sled::Tree,
     revisions: sled::Tree,
@@ -85,6 +196,10 @@ pub struct SledKeyValueStorage {
     prune: RwLock<()>,
     writer: Mutex<()>,
     window: u64,
+    write_behind: usize,
+    /// Committed, not yet written to sled; readers hold it across their sled reads, so a
+    /// write-out (sled first, then cleared here) never hides anything from them.
+    pending: RwLock<Pending>,
 }
 
 impl std::fmt::Debug for SledKeyValueStorage {
@@ -105,6 +220,12 @@ impl SledKeyValueStorage {
 
     /// Open with a command-id window of `window` ids. Blocking.
     pub fn open_with_command_window(path: impl Into<PathBuf>, window: u64) -> Result<Self> {
+        Self::open_with(path, window, WRITE_BEHIND_SETS)
+    }
+
+    /// Open with a command-id window of `window` ids, writing committed write sets to sled
+    /// once `write_behind` of them have gathered (at least 1). Blocking.
+    pub fn open_with(path: impl Into<PathBuf>, window: u64, write_behind: usize) -> Result<Self> {
         let path = path.into();
         std::fs::create_dir_all(&path).map_err(|source| Error::Io {
             path: path.clone(),
@@ -146,6 +267,8 @@ impl SledKeyValueStorage {
             prune: RwLock::new(()),
             writer: Mutex::new(()),
             window,
+            write_behind: write_behind.max(1),
+            pending: RwLock::new(Pending::default()),
         };
         storage.recover()?;
         Ok(storage)
@@ -394,14 +517,35 @@ impl SledKeyValueStorage {
         })
     }
 
+    /// Writes the pending write sets to sled in one transaction, then forgets them. The
+    /// caller holds the writer lock (or owns the storage).
+    fn write_out(&self) -> Result<()> {
+        let sets = std::mem::take(&mut self.pending.write().sets);
+        if sets.is_empty() {
+            return Ok(());
+        }
+        // `transact` consumes the sets; on failure they stay readable from the indexes
+        // and the error is the storage's (fatal for the Raft group)
+        self.transact(sets)?;
+        *self.pending.write() = Pending::default();
+        Ok(())
+    }
+
     fn flush_impl(&self) -> Result<()> {
+        {
+            let _writer = self.writer.lock();
+            self.write_out()?;
+        }
         self.call(|| self.db.flush().map(drop))
     }
 }
 
 impl Drop for SledKeyValueStorage {
     fn drop(&mut self) {
-        if let Err(e) = self.flush_impl() {
+        if let Err(e) = self.write_out() {
+            tracing::warn!(path = %self.path.display(), error = %e, "metastorage write-out on close failed");
+        }
+        if let Err(e) = self.call(|| self.db.flush().map(drop)) {
             tracing::warn!(path = %self.path.display(), error = %e, "metastorage flush on close failed");
         }
     }
@@ -470,6 +614,10 @@ impl Backend for SledKeyValueStorage {
     fn version_at(&self, key: &[u8], revision: u64) -> Result<Option<Entry>> {
         let _shared = self.prune.read();
         check_compacted(revision, self.meta.read().compacted)?;
+        let pending = self.pending.read();
+        if let Some(e) = pending.version_at(key, revision) {
+            return Ok(Some(e));
+        }
         let found = self.call(|| {
             self.trees
                 .entries
@@ -489,6 +637,7 @@ impl Backend for SledKeyValueStorage {
     ) -> Result<Vec<Entry>> {
         let _shared = self.prune.read();
         check_compacted(revision, self.meta.read().compacted)?;
+        let pending = self.pending.read();
         let iter = if prefix {
             self.trees.entries.scan_prefix(escape(from))
         } else {
@@ -518,12 +667,19 @@ impl Backend for SledKeyValueStorage {
         if let Some((bk, bv)) = best {
             out.push(self.decode_entry(&bk, &bv)?);
         }
-        Ok(out)
+        Ok(merge_scans(
+            out,
+            pending.scan_at(from, to, prefix, revision),
+        ))
     }
 
     fn keys_of_revision(&self, revision: u64) -> Result<Vec<Vec<u8>>> {
         let _shared = self.prune.read();
         mvcc::check_replayable(revision, self.meta.read().compacted)?;
+        let pending = self.pending.read();
+        if let Some(keys) = pending.revisions.get(&revision) {
+            return Ok(keys.clone());
+        }
         match self.call(|| self.trees.revisions.get(revision.to_be_bytes()))? {
             None => Ok(Vec::new()),
             Some(b) => postcard::from_bytes(&b).map_err(|e| {
@@ -533,6 +689,10 @@ impl Backend for SledKeyValueStorage {
     }
 
     fn command(&self, id: &CommandId) -> Result<Option<Outcome>> {
+        let pending = self.pending.read();
+        if let Some(decided) = pending.command(id) {
+            return Ok(decided);
+        }
         match self.call(|| self.trees.commands.get(id.to_bytes()))? {
             None => Ok(None),
             Some(b) => postcard::from_bytes::<(u64, Outcome)>(&b)
@@ -542,6 +702,10 @@ impl Backend for SledKeyValueStorage {
     }
 
     fn command_at_seq(&self, seq: u64) -> Result<Option<CommandId>> {
+        let pending = self.pending.read();
+        if let Some(decided) = pending.command_at_seq(seq) {
+            return Ok(decided);
+        }
         match self.call(|| self.trees.command_order.get(seq.to_be_bytes()))? {
             None => Ok(None),
             Some(b) => CommandId::from_bytes(&b)
@@ -551,6 +715,11 @@ impl Backend for SledKeyValueStorage {
     }
 
     fn commit(&self, ws: WriteSet) -> Result<()> {
+        if !ws.compact {
+            return self.commit_batch(vec![ws]);
+        }
+        // compaction prunes what sled holds: everything pending goes first
+        self.write_out()?;
         let compact = ws.compact;
         let m = ws.meta;
         self.transact(vec![ws])?;
@@ -573,12 +742,22 @@ impl Backend for SledKeyValueStorage {
         let Some(m) = sets.last().map(|ws| ws.meta) else {
             return Ok(());
         };
-        self.transact(sets)?;
+        let full = {
+            let mut pending = self.pending.write();
+            for ws in sets {
+                pending.absorb(ws);
+            }
+            pending.sets.len() >= self.write_behind
+        };
         *self.meta.write() = m;
+        if full {
+            self.write_out()?;
+        }
         Ok(())
     }
 
     fn export(&self) -> Result<StorageSnapshot> {
+        self.write_out()?;
         let _shared = self.prune.read();
         let m = *self.meta.read();
         let mut entries = Vec::new();
@@ -614,6 +793,7 @@ impl Backend for SledKeyValueStorage {
 
     fn import(&self, snapshot: StorageSnapshot) -> Result<()> {
         let _exclusive = self.prune.write();
+        *self.pending.write() = Pending::default();
         let t = &self.trees;
         self.call(|| t.meta.insert(meta_key::RESTORING, b"1").map(drop))?;
         self.call(|| self.db.flush().map(drop))?;
