@@ -47,7 +47,7 @@ const SLED_RELEASE_WAIT: Duration = Duration::from_secs(10);
 const SLED_RELEASE_POLL: Duration = Duration::from_millis(10);
 const IMPORT_BATCH: usize = 10_000;
 /// Write sets kept in memory before they are written to sled in one transaction.
-pub const WRITE_BEHIND_SETS: usize = 256;
+pub(crate) const WRITE_BEHIND_SETS: usize = 256;
 
 mod meta_key {
     pub(super) const FORMAT: &[u8] = b"format";
