@@ -10,7 +10,7 @@
 //!
 //! Write-behind: committed write sets are first kept in memory ([`Pending`], read through
 //! together with sled) and written to sled in ONE transaction over all trees once
-//! [`WRITE_BEHIND_SETS`] of them have gathered, before a snapshot or compaction, on `flush`
+//! `WRITE_BEHIND_SETS` of them have gathered, before a snapshot or compaction, on `flush`
 //! and on close. Every sled transaction writes and syncs its log buffer twice, so this takes
 //! the sled cost off each Raft batch. Nothing acknowledged depends on it: the Raft log is
 //! the durable record, the applied position is written in the same transaction as the data,
