@@ -9,9 +9,10 @@
 //! - `meta`: the counters and the last applied log position.
 //!
 //! Write-behind: committed write sets are first kept in memory ([`Pending`], read through
-//! together with sled) and written to sled in ONE transaction over all trees once
-//! `WRITE_BEHIND_SETS` of them have gathered, before a snapshot or compaction, on `flush`
-//! and on close. Every sled transaction writes and syncs its log buffer twice, so this takes
+//! together with sled) and written to sled in ONE transaction over all trees by a
+//! write-out thread once `WRITE_BEHIND_SETS` of them have gathered (applies go on
+//! meanwhile; a commit writes out itself when the backlog reaches eight times that), and
+//! before a snapshot or compaction, on `flush` and on close. Every sled transaction writes and syncs its log buffer twice, so this takes
 //! the sled cost off each Raft batch. Nothing acknowledged depends on it: the Raft log is
 //! the durable record, the applied position is written in the same transaction as the data,
 //! and after a crash Raft applies the entries after it again. Readers never see half a
@@ -23,10 +24,11 @@
 use std::{
     panic::{catch_unwind, AssertUnwindSafe},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -48,6 +50,8 @@ const SLED_RELEASE_POLL: Duration = Duration::from_millis(10);
 const IMPORT_BATCH: usize = 10_000;
 /// Write sets kept in memory before they are written to sled in one transaction.
 pub(crate) const WRITE_BEHIND_SETS: usize = 256;
+/// Pending sets (in multiples of the write-behind size) at which a commit writes out itself.
+const BACKLOG_FACTOR: usize = 8;
 
 mod meta_key {
     pub(super) const FORMAT: &[u8] = b"format";
@@ -84,11 +88,13 @@ struct Pending {
     versions: BTreeMap<Vec<u8>, Vec<Entry>>,
     /// revision -> the keys it wrote.
     revisions: HashMap<u64, Vec<Vec<u8>>>,
-    commands: HashMap<CommandId, Outcome>,
+    /// id -> (the command sequence of the set that recorded it, its outcome)
+    commands: HashMap<CommandId, (u64, Outcome)>,
     order: HashMap<u64, CommandId>,
-    /// Ids and sequence numbers `sets` evicted from the window (sled may still hold them).
-    evicted: HashSet<CommandId>,
-    evicted_seqs: HashSet<u64>,
+    /// Ids and sequence numbers `sets` evicted from the window (sled may still hold them),
+    /// each with the command sequence of the set that evicted it.
+    evicted: HashMap<CommandId, u64>,
+    evicted_seqs: HashMap<u64, u64>,
 }
 
 impl Pending {
@@ -105,18 +111,43 @@ impl Pending {
                 .or_default()
                 .push(e.clone());
         }
+        let at = ws.meta.command_seq;
         if let Some(r) = ws.record {
-            self.commands.insert(r.id, r.outcome);
+            self.commands.insert(r.id, (at, r.outcome));
             self.evicted.remove(&r.id);
             self.order.insert(r.seq, r.id);
         }
         if let Some((seq, id)) = ws.evict {
             self.order.remove(&seq);
-            self.evicted_seqs.insert(seq);
+            self.evicted_seqs.insert(seq, at);
             self.commands.remove(&id);
-            self.evicted.insert(id);
+            self.evicted.insert(id, at);
         }
         self.sets.push(ws);
+    }
+
+    /// Drops from the indexes what `written` (the oldest sets, now in sled) put there;
+    /// what later sets wrote stays.
+    fn forget(&mut self, written: &[WriteSet]) {
+        let Some(last) = written.last() else {
+            return;
+        };
+        let (revision, seq) = (last.meta.revision, last.meta.command_seq);
+        self.versions.retain(|_, history| {
+            history.retain(|e| e.revision > revision);
+            !history.is_empty()
+        });
+        self.revisions.retain(|r, _| *r > revision);
+        self.commands.retain(|_, (at, _)| *at > seq);
+        self.evicted.retain(|_, at| *at > seq);
+        self.evicted_seqs.retain(|_, at| *at > seq);
+        for ws in written {
+            if let Some(r) = ws.record {
+                if self.order.get(&r.seq) == Some(&r.id) && r.seq <= seq {
+                    self.order.remove(&r.seq);
+                }
+            }
+        }
     }
 
     /// The latest pending version of `key` at or below `revision`.
@@ -144,17 +175,17 @@ impl Pending {
 
     /// `Some` when the pending sets decide what sled would answer for `id`.
     fn command(&self, id: &CommandId) -> Option<Option<Outcome>> {
-        if let Some(outcome) = self.commands.get(id) {
+        if let Some((_, outcome)) = self.commands.get(id) {
             return Some(Some(*outcome));
         }
-        self.evicted.contains(id).then_some(None)
+        self.evicted.contains_key(id).then_some(None)
     }
 
     fn command_at_seq(&self, seq: u64) -> Option<Option<CommandId>> {
         if let Some(id) = self.order.get(&seq) {
             return Some(Some(*id));
         }
-        self.evicted_seqs.contains(&seq).then_some(None)
+        self.evicted_seqs.contains_key(&seq).then_some(None)
     }
 }
 
@@ -177,6 +208,7 @@ fn merge_scans(sled: Vec<Entry>, pending: Vec<Entry>) -> Vec<Entry> {
     out
 }
 
+#[derive(Clone)]
 struct Trees {
     entries: sled::Tree,
     revisions: sled::Tree,
@@ -197,9 +229,42 @@ pub struct SledKeyValueStorage {
     writer: Mutex<()>,
     window: u64,
     write_behind: usize,
+    wb: Arc<WriteBehind>,
+    /// Wakes the write-out thread (a full channel means it is already woken).
+    wake: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// What the write-out thread shares with the storage.
+struct WriteBehind {
+    trees: Trees,
+    path: PathBuf,
     /// Committed, not yet written to sled; readers hold it across their sled reads, so a
-    /// write-out (sled first, then cleared here) never hides anything from them.
+    /// write-out (sled first, then forgotten here) never hides anything from them.
     pending: RwLock<Pending>,
+    /// Serializes write-outs (and a restore against one).
+    writing: Mutex<()>,
+}
+
+impl WriteBehind {
+    /// Writes the pending write sets to sled in one transaction, then forgets them. Commits
+    /// may go on meanwhile: they join the next write-out.
+    fn write_out(&self) -> Result<()> {
+        let _writing = self.writing.lock();
+        let sets = std::mem::take(&mut self.pending.write().sets);
+        if sets.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = transact(&self.trees, &self.path, &sets) {
+            // still readable from the indexes; the next write-out tries again
+            let mut pending = self.pending.write();
+            let newer = std::mem::replace(&mut pending.sets, sets);
+            pending.sets.extend(newer);
+            return Err(e);
+        }
+        self.pending.write().forget(&sets);
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for SledKeyValueStorage {
@@ -259,6 +324,8 @@ impl SledKeyValueStorage {
             command_order: tree("command_order")?,
             meta: tree("meta")?,
         };
+        let trees_copy = trees.clone();
+        let path_copy = path.clone();
         let storage = Self {
             db,
             trees,
@@ -268,9 +335,17 @@ impl SledKeyValueStorage {
             writer: Mutex::new(()),
             window,
             write_behind: write_behind.max(1),
-            pending: RwLock::new(Pending::default()),
+            wb: Arc::new(WriteBehind {
+                trees: trees_copy,
+                path: path_copy,
+                pending: RwLock::new(Pending::default()),
+                writing: Mutex::new(()),
+            }),
+            wake: Mutex::new(None),
+            thread: Mutex::new(None),
         };
         storage.recover()?;
+        storage.start_writer()?;
         Ok(storage)
     }
 
@@ -424,124 +499,51 @@ impl SledKeyValueStorage {
         Ok(())
     }
 
-    /// Encode what one write set stores.
-    fn encode_write_set(ws: WriteSet) -> Result<EncodedWriteSet> {
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = ws
-            .entries
-            .iter()
-            .map(|e| {
-                let stored = StoredVersion {
-                    value: e.value.clone(),
-                    update_counter: e.update_counter,
-                };
-                postcard::to_allocvec(&stored)
-                    .map(|v| (versioned(&e.key, e.revision), v))
-                    .map_err(|err| Error::encode("entry", err))
+    /// Starts the thread that writes pending write sets out once enough have gathered.
+    fn start_writer(&self) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let wb = Arc::clone(&self.wb);
+        let thread = std::thread::Builder::new()
+            .name("metastorage-write-out".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    if let Err(e) = wb.write_out() {
+                        tracing::error!(path = %wb.path.display(), error = %e, "metastorage write-out failed");
+                    }
+                }
             })
-            .collect::<Result<_>>()?;
-        let index = if ws.entries.is_empty() {
-            None
-        } else {
-            let keys: Vec<&[u8]> = ws.entries.iter().map(|e| e.key.as_slice()).collect();
-            Some(postcard::to_allocvec(&keys).map_err(|e| Error::encode("revision index", e))?)
-        };
-        let record = ws
-            .record
-            .map(|r| {
-                postcard::to_allocvec(&(r.seq, r.outcome))
-                    .map(|v| (r, v))
-                    .map_err(|e| Error::encode("command record", e))
-            })
-            .transpose()?;
-        Ok(EncodedWriteSet {
-            revision: ws.meta.revision,
-            rows,
-            index,
-            record,
-            evict: ws.evict,
-        })
-    }
-
-    /// Write `sets` in order and the counters of the last one in ONE sled transaction
-    /// (sled writes its log buffer once per transaction, so a batch costs what a single
-    /// command does). Publishing the counters is the caller's.
-    fn transact(&self, sets: Vec<WriteSet>) -> Result<()> {
-        let Some(m) = sets.last().map(|ws| ws.meta) else {
-            return Ok(());
-        };
-        let encoded = sets
-            .into_iter()
-            .map(Self::encode_write_set)
-            .collect::<Result<Vec<_>>>()?;
-        let t = &self.trees;
-        self.call(|| {
-            (
-                &t.entries,
-                &t.revisions,
-                &t.commands,
-                &t.command_order,
-                &t.meta,
-            )
-                .transaction(|(entries, revisions, commands, order, meta)| {
-                    for ws in &encoded {
-                        for (k, v) in &ws.rows {
-                            entries.insert(k.as_slice(), v.as_slice())?;
-                        }
-                        if let Some(index) = &ws.index {
-                            revisions.insert(&ws.revision.to_be_bytes(), index.as_slice())?;
-                        }
-                        if let Some((r, v)) = &ws.record {
-                            commands.insert(&r.id.to_bytes(), v.as_slice())?;
-                            order.insert(&r.seq.to_be_bytes(), &r.id.to_bytes())?;
-                        }
-                        if let Some((seq, id)) = ws.evict {
-                            order.remove(&seq.to_be_bytes())?;
-                            commands.remove(&id.to_bytes())?;
-                        }
-                    }
-                    meta.insert(meta_key::REVISION, &m.revision.to_be_bytes())?;
-                    meta.insert(meta_key::COMPACTED, &m.compacted.to_be_bytes())?;
-                    meta.insert(meta_key::UPDATE_COUNTER, &m.update_counter.to_be_bytes())?;
-                    meta.insert(meta_key::COMMAND_SEQ, &m.command_seq.to_be_bytes())?;
-                    if let Some(p) = m.last_applied {
-                        meta.insert(meta_key::LAST_APPLIED, &p.to_bytes())?;
-                    }
-                    Ok::<(), ConflictableTransactionError<()>>(())
-                })
-                .map_err(|e| match e {
-                    sled::transaction::TransactionError::Storage(e) => e,
-                    sled::transaction::TransactionError::Abort(()) => {
-                        sled::Error::Unsupported("transaction aborted".into())
-                    }
-                })
-        })
-    }
-
-    /// Writes the pending write sets to sled in one transaction, then forgets them. The
-    /// caller holds the writer lock (or owns the storage).
-    fn write_out(&self) -> Result<()> {
-        let sets = std::mem::take(&mut self.pending.write().sets);
-        if sets.is_empty() {
-            return Ok(());
-        }
-        // `transact` consumes the sets; on failure they stay readable from the indexes
-        // and the error is the storage's (fatal for the Raft group)
-        self.transact(sets)?;
-        *self.pending.write() = Pending::default();
+            .map_err(|source| Error::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        *self.wake.lock() = Some(tx);
+        *self.thread.lock() = Some(thread);
         Ok(())
     }
 
-    fn flush_impl(&self) -> Result<()> {
-        {
-            let _writer = self.writer.lock();
-            self.write_out()?;
+    /// Ends the write-out thread (after the write-out it is running).
+    fn stop_writer(&self) {
+        drop(self.wake.lock().take());
+        if let Some(thread) = self.thread.lock().take() {
+            if thread.join().is_err() {
+                tracing::error!(path = %self.path.display(), "metastorage write-out thread panicked");
+            }
         }
+    }
+
+    fn write_out(&self) -> Result<()> {
+        self.wb.write_out()
+    }
+
+    fn flush_impl(&self) -> Result<()> {
+        self.write_out()?;
         self.call(|| self.db.flush().map(drop))
     }
 }
 
 impl Drop for SledKeyValueStorage {
     fn drop(&mut self) {
+        self.stop_writer();
         if let Err(e) = self.write_out() {
             tracing::warn!(path = %self.path.display(), error = %e, "metastorage write-out on close failed");
         }
@@ -549,6 +551,98 @@ impl Drop for SledKeyValueStorage {
             tracing::warn!(path = %self.path.display(), error = %e, "metastorage flush on close failed");
         }
     }
+}
+
+/// Encode what one write set stores.
+fn encode_write_set(ws: &WriteSet) -> Result<EncodedWriteSet> {
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = ws
+        .entries
+        .iter()
+        .map(|e| {
+            let stored = StoredVersion {
+                value: e.value.clone(),
+                update_counter: e.update_counter,
+            };
+            postcard::to_allocvec(&stored)
+                .map(|v| (versioned(&e.key, e.revision), v))
+                .map_err(|err| Error::encode("entry", err))
+        })
+        .collect::<Result<_>>()?;
+    let index = if ws.entries.is_empty() {
+        None
+    } else {
+        let keys: Vec<&[u8]> = ws.entries.iter().map(|e| e.key.as_slice()).collect();
+        Some(postcard::to_allocvec(&keys).map_err(|e| Error::encode("revision index", e))?)
+    };
+    let record = ws
+        .record
+        .map(|r| {
+            postcard::to_allocvec(&(r.seq, r.outcome))
+                .map(|v| (r, v))
+                .map_err(|e| Error::encode("command record", e))
+        })
+        .transpose()?;
+    Ok(EncodedWriteSet {
+        revision: ws.meta.revision,
+        rows,
+        index,
+        record,
+        evict: ws.evict,
+    })
+}
+
+/// Write `sets` in order and the counters of the last one in ONE sled transaction
+/// (sled writes its log buffer once per transaction, so a batch costs what a single
+/// command does). Publishing the counters is the caller's.
+fn transact(t: &Trees, path: &Path, sets: &[WriteSet]) -> Result<()> {
+    let Some(m) = sets.last().map(|ws| ws.meta) else {
+        return Ok(());
+    };
+    let encoded = sets
+        .iter()
+        .map(encode_write_set)
+        .collect::<Result<Vec<_>>>()?;
+    guarded(path, || {
+        (
+            &t.entries,
+            &t.revisions,
+            &t.commands,
+            &t.command_order,
+            &t.meta,
+        )
+            .transaction(|(entries, revisions, commands, order, meta)| {
+                for ws in &encoded {
+                    for (k, v) in &ws.rows {
+                        entries.insert(k.as_slice(), v.as_slice())?;
+                    }
+                    if let Some(index) = &ws.index {
+                        revisions.insert(&ws.revision.to_be_bytes(), index.as_slice())?;
+                    }
+                    if let Some((r, v)) = &ws.record {
+                        commands.insert(&r.id.to_bytes(), v.as_slice())?;
+                        order.insert(&r.seq.to_be_bytes(), &r.id.to_bytes())?;
+                    }
+                    if let Some((seq, id)) = ws.evict {
+                        order.remove(&seq.to_be_bytes())?;
+                        commands.remove(&id.to_bytes())?;
+                    }
+                }
+                meta.insert(meta_key::REVISION, &m.revision.to_be_bytes())?;
+                meta.insert(meta_key::COMPACTED, &m.compacted.to_be_bytes())?;
+                meta.insert(meta_key::UPDATE_COUNTER, &m.update_counter.to_be_bytes())?;
+                meta.insert(meta_key::COMMAND_SEQ, &m.command_seq.to_be_bytes())?;
+                if let Some(p) = m.last_applied {
+                    meta.insert(meta_key::LAST_APPLIED, &p.to_bytes())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => e,
+                sled::transaction::TransactionError::Abort(()) => {
+                    sled::Error::Unsupported("transaction aborted".into())
+                }
+            })
+    })
 }
 
 /// `key` with `0x00` escaped as `0x00 0xff`, then the terminator `0x00 0x01`.
@@ -614,7 +708,7 @@ impl Backend for SledKeyValueStorage {
     fn version_at(&self, key: &[u8], revision: u64) -> Result<Option<Entry>> {
         let _shared = self.prune.read();
         check_compacted(revision, self.meta.read().compacted)?;
-        let pending = self.pending.read();
+        let pending = self.wb.pending.read();
         if let Some(e) = pending.version_at(key, revision) {
             return Ok(Some(e));
         }
@@ -637,7 +731,7 @@ impl Backend for SledKeyValueStorage {
     ) -> Result<Vec<Entry>> {
         let _shared = self.prune.read();
         check_compacted(revision, self.meta.read().compacted)?;
-        let pending = self.pending.read();
+        let pending = self.wb.pending.read();
         let iter = if prefix {
             self.trees.entries.scan_prefix(escape(from))
         } else {
@@ -676,7 +770,7 @@ impl Backend for SledKeyValueStorage {
     fn keys_of_revision(&self, revision: u64) -> Result<Vec<Vec<u8>>> {
         let _shared = self.prune.read();
         mvcc::check_replayable(revision, self.meta.read().compacted)?;
-        let pending = self.pending.read();
+        let pending = self.wb.pending.read();
         if let Some(keys) = pending.revisions.get(&revision) {
             return Ok(keys.clone());
         }
@@ -689,7 +783,7 @@ impl Backend for SledKeyValueStorage {
     }
 
     fn command(&self, id: &CommandId) -> Result<Option<Outcome>> {
-        let pending = self.pending.read();
+        let pending = self.wb.pending.read();
         if let Some(decided) = pending.command(id) {
             return Ok(decided);
         }
@@ -702,7 +796,7 @@ impl Backend for SledKeyValueStorage {
     }
 
     fn command_at_seq(&self, seq: u64) -> Result<Option<CommandId>> {
-        let pending = self.pending.read();
+        let pending = self.wb.pending.read();
         if let Some(decided) = pending.command_at_seq(seq) {
             return Ok(decided);
         }
@@ -722,7 +816,10 @@ impl Backend for SledKeyValueStorage {
         self.write_out()?;
         let compact = ws.compact;
         let m = ws.meta;
-        self.transact(vec![ws])?;
+        {
+            let _writing = self.wb.writing.lock();
+            transact(&self.trees, &self.path, std::slice::from_ref(&ws))?;
+        }
         if compact {
             {
                 let _exclusive = self.prune.write();
@@ -742,16 +839,21 @@ impl Backend for SledKeyValueStorage {
         let Some(m) = sets.last().map(|ws| ws.meta) else {
             return Ok(());
         };
-        let full = {
-            let mut pending = self.pending.write();
+        let gathered = {
+            let mut pending = self.wb.pending.write();
             for ws in sets {
                 pending.absorb(ws);
             }
-            pending.sets.len() >= self.write_behind
+            pending.sets.len()
         };
         *self.meta.write() = m;
-        if full {
+        if gathered >= self.write_behind.saturating_mul(BACKLOG_FACTOR) {
+            // the thread falls behind (or fails): write out here, surfacing any error
             self.write_out()?;
+        } else if gathered >= self.write_behind {
+            if let Some(wake) = self.wake.lock().as_ref() {
+                let _ = wake.try_send(());
+            }
         }
         Ok(())
     }
@@ -793,7 +895,8 @@ impl Backend for SledKeyValueStorage {
 
     fn import(&self, snapshot: StorageSnapshot) -> Result<()> {
         let _exclusive = self.prune.write();
-        *self.pending.write() = Pending::default();
+        let _writing = self.wb.writing.lock();
+        *self.wb.pending.write() = Pending::default();
         let t = &self.trees;
         self.call(|| t.meta.insert(meta_key::RESTORING, b"1").map(drop))?;
         self.call(|| self.db.flush().map(drop))?;
