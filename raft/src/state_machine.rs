@@ -458,37 +458,14 @@ mod tests {
         assert_eq!(applied.map(|l| l.index), Some(3));
     }
 
-    /// Answers one reply too few to a batch.
-    struct ShortReplies;
-
-    impl StateMachine for ShortReplies {
-        fn last_applied(&self) -> Result<Option<LogPosition>, BoxError> {
-            Ok(None)
-        }
-        fn apply(&self, _: LogPosition, _: &[u8]) -> Result<Vec<u8>, BoxError> {
-            Ok(Vec::new())
-        }
-        fn apply_batch(&self, _: LogPosition, c: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, BoxError> {
-            Ok(vec![Vec::new(); c.len().saturating_sub(1)])
-        }
-        fn advance(&self, _: LogPosition) -> Result<(), BoxError> {
-            Ok(())
-        }
-        fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
-            Ok(Vec::new())
-        }
-        fn restore(&self, _: LogPosition, _: &[u8]) -> Result<(), BoxError> {
-            Ok(())
-        }
-    }
-
     #[tokio::test]
     async fn a_wrong_number_of_batch_replies_is_a_storage_error() {
-        let mut store = StateMachineStore::new(
-            "g",
-            Arc::new(ShortReplies),
-            Arc::new(MemoryLogStorage::new()),
-        );
+        let short = Recording {
+            short: true,
+            ..Recording::default()
+        };
+        let mut store =
+            StateMachineStore::new("g", Arc::new(short), Arc::new(MemoryLogStorage::new()));
         let batch = entry(
             1,
             EntryPayload::Normal(Command::Batch(vec![b"x".to_vec(), b"y".to_vec()])),
@@ -497,10 +474,12 @@ mod tests {
         assert!(err.to_string().contains("1 replies to 2 commands"), "{err}");
     }
 
-    /// Records each `apply_batch` call (position, command count); echoes every command.
+    /// Records each `apply_batch` call (position, command count); echoes every command, or,
+    /// when `short`, answers one reply too few.
     #[derive(Default)]
     struct Recording {
         calls: Mutex<Vec<(u64, usize)>>,
+        short: bool,
     }
 
     impl StateMachine for Recording {
@@ -515,7 +494,12 @@ mod tests {
         }
         fn apply_batch(&self, p: LogPosition, c: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, BoxError> {
             self.calls.lock().push((p.index, c.len()));
-            Ok(c.to_vec())
+            let n = if self.short {
+                c.len().saturating_sub(1)
+            } else {
+                c.len()
+            };
+            Ok(c[..n].to_vec())
         }
         fn advance(&self, _: LogPosition) -> Result<(), BoxError> {
             Ok(())

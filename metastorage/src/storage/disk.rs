@@ -814,22 +814,16 @@ impl Backend for SledKeyValueStorage {
         }
         // compaction prunes what sled holds: everything pending goes first
         self.write_out()?;
-        let compact = ws.compact;
         let m = ws.meta;
         {
             let _writing = self.wb.writing.lock();
             transact(&self.trees, &self.path, std::slice::from_ref(&ws))?;
         }
-        if compact {
-            {
-                let _exclusive = self.prune.write();
-                *self.meta.write() = m;
-            }
-            self.prune_to(m.compacted)?;
-        } else {
+        {
+            let _exclusive = self.prune.write();
             *self.meta.write() = m;
         }
-        Ok(())
+        self.prune_to(m.compacted)
     }
 
     fn commit_batch(&self, sets: Vec<WriteSet>) -> Result<()> {
