@@ -39,7 +39,9 @@ pub trait PartitionStorage: Send + Sync + 'static {
     }
     /// The value of meta key `key`.
     fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
-    /// Applies `batch` atomically: all of it is visible (and survives a restart) or none.
+    /// Applies `batch` atomically: all of it is visible or none, and after a restart all of
+    /// it or none is there, together with its applied position. It may be lost in a crash
+    /// (the sled storage writes behind): the Raft log, which is durable, applies it again.
     fn apply(&self, batch: WriteBatch) -> Result<()>;
     /// The log position of the last applied batch that carried one.
     fn last_applied(&self) -> Result<Option<LogPosition>>;

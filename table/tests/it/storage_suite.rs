@@ -131,6 +131,7 @@ fn run_model(
     batches: Vec<Vec<Op>>,
     mut storage: Arc<dyn PartitionStorage>,
     mut reopen: impl FnMut() -> Arc<dyn PartitionStorage>,
+    mut write_out: impl FnMut(),
 ) -> Result<(), TestCaseError> {
     let mut model = Model::default();
     for (i, ops) in batches.into_iter().enumerate() {
@@ -165,6 +166,10 @@ fn run_model(
         }
         storage.apply(batch).expect("apply");
         check(storage.as_ref(), &model)?;
+        if i % 3 == 1 {
+            write_out();
+            check(storage.as_ref(), &model)?;
+        }
         if i % 4 == 3 {
             drop(storage);
             storage = reopen();
@@ -183,29 +188,86 @@ proptest! {
     ) {
         let storage: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
         let same = Arc::clone(&storage);
-        run_model(batches, storage, move || Arc::clone(&same))?;
+        run_model(batches, storage, move || Arc::clone(&same), || {})?;
     }
 
+    /// Write-behind of 1 change (the write-out thread races every read), 3, and never
+    /// (only the explicit write-outs and closing write anything to sled).
     #[test]
     fn sled_storage_follows_the_model_across_reopens(
-        batches in proptest::collection::vec(proptest::collection::vec(op(), 0..12), 1..12)
+        batches in proptest::collection::vec(proptest::collection::vec(op(), 0..12), 1..12),
+        write_behind in prop_oneof![Just(1usize), Just(3), Just(usize::MAX)],
     ) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().to_path_buf();
-        let provider = SledPartitionProvider::in_data_dir(&path);
-        provider.open().expect("open");
-        let storage = provider.partition("t", 1).expect("partition");
-        let mut current = Some(provider);
-        run_model(batches, storage, move || {
-            // close the database (the caller dropped its handle) and open it again
-            if let Some(old) = current.take() {
-                old.close().expect("close");
+        let current = Arc::new(parking_lot::Mutex::new(None::<SledPartitionProvider>));
+        let open = {
+            let current = Arc::clone(&current);
+            move || {
+                // close the database (the caller dropped its handle) and open it again
+                if let Some(old) = current.lock().take() {
+                    old.close().expect("close");
+                }
+                let provider = SledPartitionProvider::with_write_behind(&path, write_behind);
+                provider.open().expect("open");
+                let storage = provider.partition("t", 1).expect("partition");
+                *current.lock() = Some(provider);
+                storage
             }
-            let provider = SledPartitionProvider::in_data_dir(&path);
-            provider.open().expect("reopen");
-            let storage = provider.partition("t", 1).expect("partition");
-            current = Some(provider);
-            storage
+        };
+        let storage = open();
+        let writer = Arc::clone(&current);
+        run_model(batches, storage, open, move || {
+            if let Some(provider) = writer.lock().as_ref() {
+                provider.write_out().expect("write out");
+            }
         })?;
     }
+}
+
+/// Reads while write-outs run back to back on another thread: a change being written out
+/// is read from the frozen layer, never lost between the layers and sled.
+#[test]
+fn sled_reads_stay_whole_while_write_outs_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let provider = Arc::new(SledPartitionProvider::with_write_behind(
+        dir.path(),
+        usize::MAX,
+    ));
+    provider.open().expect("open");
+    let storage = provider.partition("t", 0).expect("partition");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (provider, stop) = (Arc::clone(&provider), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                provider.write_out().expect("write out");
+            }
+        })
+    };
+    let mut model = BTreeMap::new();
+    for i in 0u32..3_000 {
+        let mut batch = WriteBatch::new();
+        let key = (i % 64).to_be_bytes().to_vec();
+        if i % 5 == 4 {
+            batch.delete(key.clone());
+            model.remove(&key);
+        } else {
+            batch.upsert(key.clone(), i.to_be_bytes().to_vec());
+            model.insert(key.clone(), i.to_be_bytes().to_vec());
+        }
+        storage.apply(batch).expect("apply");
+        assert_eq!(
+            storage.get(&key).expect("get"),
+            model.get(&key).cloned(),
+            "key {key:?} after batch {i}"
+        );
+        if i % 50 == 0 {
+            let all = storage.scan(Bound::Unbounded, usize::MAX).expect("scan");
+            let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            assert_eq!(all, want, "scan after batch {i}");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().expect("writer thread");
 }
