@@ -47,7 +47,7 @@ const ROW_PREFIX: u8 = b'r';
 const SLED_RELEASE_WAIT: Duration = Duration::from_secs(10);
 const SLED_RELEASE_POLL: Duration = Duration::from_millis(10);
 /// Changes pending in a partition at which the write-out thread is woken.
-pub(crate) const WRITE_BEHIND_CHANGES: usize = 1_024;
+pub(crate) const WRITE_BEHIND_CHANGES: usize = 256;
 /// Pending changes (in multiples of the write-behind size) at which an apply writes out
 /// itself.
 const BACKLOG_FACTOR: usize = 8;
@@ -539,7 +539,7 @@ impl SledPartitionProvider {
 
     /// A provider that wakes its write-out thread once a partition has `changes` applied
     /// changes pending (at least 1; the thread also writes out twice a second whatever is
-    /// pending). [`new`](Self::new) uses 1,024.
+    /// pending). [`new`](Self::new) uses 256.
     pub fn with_write_behind(path: impl Into<PathBuf>, changes: usize) -> Self {
         Self {
             path: path.into(),
