@@ -35,8 +35,8 @@ use sled::{
 };
 
 use super::{
-    parse_tree_name, tree_name, PartitionSnapshot, PartitionStorage, PartitionStorageProvider,
-    WriteBatch,
+    parse_tree_name, tree_name, Change, PartitionSnapshot, PartitionStorage,
+    PartitionStorageProvider, WriteBatch,
 };
 use crate::error::{Error, Result};
 
@@ -100,7 +100,7 @@ impl Pending {
     }
 
     /// The sled operations that write this out (keys prefixed as the tree lays them out).
-    fn sled_ops(&self) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
+    fn sled_ops(&self) -> Result<Vec<Change>> {
         let mut ops = Vec::with_capacity(self.rows.len() + self.meta.len() + 1);
         for (prefix, changes) in [(ROW_PREFIX, &self.rows), (META_PREFIX, &self.meta)] {
             ops.extend(
