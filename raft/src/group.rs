@@ -241,18 +241,37 @@ impl RaftGroup {
 
     /// Current metrics of the group on this node.
     pub fn metrics(&self) -> GroupMetrics {
-        let m = self.inner.raft.metrics().borrow().clone();
+        let rx = self.inner.raft.metrics();
+        let m = rx.borrow();
         GroupMetrics::from_raft(&self.inner.id, &self.inner.local, &m)
     }
 
     /// The leader's node name, when known.
     pub fn leader(&self) -> Option<String> {
-        self.metrics().leader
+        let rx = self.inner.raft.metrics();
+        let m = rx.borrow();
+        let membership = m.membership_config.membership();
+        m.current_leader
+            .and_then(|id| membership.get_node(&id).map(|n| n.addr.clone()))
     }
 
     /// True when this node is the leader.
     pub fn is_leader(&self) -> bool {
-        self.metrics().role == Role::Leader
+        self.inner.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// This node's role, and whether node `name` is a voter or a learner of the current
+    /// membership: what [`metrics`](Self::metrics) tells, without building all of it (loops
+    /// over hundreds of replicas ask this several times a second).
+    pub fn role_and_membership(&self, name: &str) -> (Role, bool) {
+        let rx = self.inner.raft.metrics();
+        let m = rx.borrow();
+        let member = m
+            .membership_config
+            .membership()
+            .get_node(&crate::types::node_id(name))
+            .is_some();
+        (Role::from_state(m.state), member)
     }
 
     fn check_running(&self) -> Result<()> {

@@ -420,6 +420,7 @@ async fn watch_group(
 ) -> std::result::Result<(), BoxError> {
     let mut rx = group.inner.raft.metrics();
     let mut learners_pending = !learners.is_empty();
+    let mut last: Option<GroupMetrics> = None;
     loop {
         let (metrics, membership_index, state) = {
             let m = rx.borrow_and_update();
@@ -429,7 +430,11 @@ async fn watch_group(
                 m.state,
             )
         };
-        metrics.publish();
+        // openraft updates its metrics on every heartbeat round: publish changes only
+        if last.as_ref() != Some(&metrics) {
+            metrics.publish();
+            last = Some(metrics.clone());
+        }
         if state == ServerState::Shutdown {
             return Ok(());
         }

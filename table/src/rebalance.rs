@@ -219,8 +219,7 @@ impl Rebalancer {
         let catalog = self.shared.catalog.read();
         let mut out = Vec::new();
         for ((table_id, p), partition) in local.iter() {
-            let m = partition.group().metrics();
-            let member = m.voters.contains(&self.node) || m.learners.contains(&self.node);
+            let (role, member) = partition.group().role_and_membership(&self.node);
             let served = self.shared.service.local(table_id, *p).is_some();
             if member && !served {
                 if let Err(e) = self.shared.service.register(partition.clone()) {
@@ -229,9 +228,10 @@ impl Rebalancer {
             } else if !member && served {
                 self.shared.service.unregister(table_id, *p);
             }
-            if m.role != raft::Role::Leader {
+            if role != raft::Role::Leader {
                 continue;
             }
+            let m = partition.group().metrics();
             let Some(plan) = catalog.plan_of(table_id, *p) else {
                 continue;
             };

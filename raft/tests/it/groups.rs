@@ -230,6 +230,16 @@ async fn learners_are_added_promoted_and_removed() -> Result<()> {
             cluster.node("n4")?.group("g")?.metrics().role,
             Role::Learner
         );
+        // the cheap view agrees with the full metrics
+        let n4_group = cluster.node("n4")?.group("g")?;
+        assert_eq!(n4_group.role_and_membership("n4"), (Role::Learner, true));
+        assert_eq!(n4_group.role_and_membership("n9"), (Role::Learner, false));
+        assert_eq!(
+            leader.role_and_membership(&leader_name),
+            (Role::Leader, true)
+        );
+        assert!(leader.is_leader() && !n4_group.is_leader());
+        assert_eq!(n4_group.leader(), Some(leader_name.clone()));
 
         // membership changes are made on the leader
         let follower = cluster
@@ -266,6 +276,7 @@ async fn learners_are_added_promoted_and_removed() -> Result<()> {
         let m = leader.metrics();
         assert_eq!(m.voters.len(), 3);
         assert!(!m.voters.contains(&name(4)) && !m.learners.contains(&name(4)));
+        assert_eq!(leader.role_and_membership("n4"), (Role::Leader, false));
 
         // add it back as a learner, then remove the learner
         leader.add_learner("n4").await?;
