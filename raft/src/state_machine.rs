@@ -309,14 +309,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     .await?;
                     replies.push(Response(vec![reply]));
                 }
-                EntryPayload::Normal(Command::Batch(commands)) => {
-                    let shared = Arc::clone(&shared);
-                    let batch = off_runtime(id, move || {
-                        let _serial = shared.lock.lock();
-                        apply_commands(&shared, id, &commands)
-                    })
-                    .await?;
-                    replies.push(Response(batch));
+                EntryPayload::Normal(batch @ Command::Batch(_)) => {
+                    // a run of one entry: its commands apply together at its position
+                    let mut one = CommandRun::default();
+                    one.push(id, batch);
+                    one.apply(&shared, &mut replies).await?;
                 }
                 EntryPayload::Membership(membership) => {
                     run.apply(&shared, &mut replies).await?;
