@@ -3,7 +3,8 @@
 //! API boundary: [`RaftManager`] (the component) starts and stops groups by id;
 //! [`RaftGroup`] writes, reads linearizably and changes membership; [`StateMachine`] is the
 //! swap point users implement; [`LogStorage`] / [`LogStorageProvider`] keep logs and votes
-//! ([`SledLogProvider`] on disk, [`MemoryLogProvider`] for tests); [`testing`] runs
+//! ([`WalLogProvider`] on disk: one write-ahead log file for all groups; [`SledLogProvider`]
+//! for data directories written before it; [`MemoryLogProvider`] for tests); [`testing`] runs
 //! openraft's own storage suite.
 //!
 //! Not offered: leader transfer (openraft 0.9 has no API for it; a voter's forced election is
@@ -14,7 +15,7 @@
 //! - openraft types never cross this crate's public API: other crates see node names,
 //!   [`LogPosition`], bytes and [`Error`];
 //! - a vote or a log append is reported done only after it is flushed; the fsyncs of
-//!   concurrent groups share one flush per database;
+//!   concurrent groups share one flush (one `fdatasync` of the write-ahead log);
 //! - all groups share the node's network connections (one message group, the group id in
 //!   every message) and every request is served on its own task, so one group never blocks
 //!   another.
@@ -31,6 +32,7 @@ mod state_machine;
 mod storage;
 pub mod testing;
 mod types;
+mod wal;
 
 pub use crate::{
     config::{GroupClass, RaftConfiguration},
@@ -43,4 +45,5 @@ pub use crate::{
         MetaKey, SledLogProvider, SledLogStorage,
     },
     types::{node_id, GroupMembers, LogPosition},
+    wal::{WalLogProvider, WalLogStorage, MIN_REWRITE_BYTES},
 };

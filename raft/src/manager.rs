@@ -30,6 +30,7 @@ use crate::{
     state_machine::{StateMachine, StateMachineStore},
     storage::{LogStorageProvider, MemoryLogProvider, SledLogProvider},
     types::{basic_node, node_id, GroupMembers, Raft},
+    wal::WalLogProvider,
 };
 
 const NAME: &str = "raft";
@@ -375,13 +376,30 @@ impl RaftManager {
             return Arc::clone(storage);
         }
         let chosen: Arc<dyn LogStorageProvider> = match self.vault.data_dir() {
-            Some(dir) => Arc::new(SledLogProvider::new(dir.join("raft"))),
+            Some(dir) => disk_storage(&dir),
             None => Arc::new(MemoryLogProvider::new()),
         };
         *self.storage.lock() = Some(Arc::clone(&chosen));
         chosen
     }
 }
+
+/// The write-ahead log at `<data_dir>/raft-log`; a data directory whose logs a sled
+/// database at `<data_dir>/raft` holds (written before the write-ahead log) keeps it.
+fn disk_storage(dir: &std::path::Path) -> Arc<dyn LogStorageProvider> {
+    let (wal, sled) = (dir.join(WAL_DIR), dir.join(SLED_DIR));
+    if sled.exists() && !wal.exists() {
+        tracing::info!(path = %sled.display(), "raft logs stay in their sled database");
+        Arc::new(SledLogProvider::new(sled))
+    } else {
+        Arc::new(WalLogProvider::new(wal))
+    }
+}
+
+/// Where the write-ahead log of the node's raft groups lives in the data directory.
+const WAL_DIR: &str = "raft-log";
+/// Where raft logs lived in sled before the write-ahead log.
+const SLED_DIR: &str = "raft";
 
 fn check_ids(group_id: &str, members: &GroupMembers, local: &str) -> Result<()> {
     let mut seen: HashMap<u64, &str> = HashMap::new();

@@ -6,7 +6,7 @@ use lifecycle::{Component, FaultReporter, StartContext};
 use network::{NetworkConfiguration, NetworkManager};
 use raft::{
     testing::MemoryStateMachine, GroupMembers, LogStorageProvider, MemoryLogProvider,
-    RaftConfiguration, RaftGroup, RaftManager, SledLogProvider,
+    RaftConfiguration, RaftGroup, RaftManager, SledLogProvider, WalLogProvider,
 };
 use vault::VaultManager;
 
@@ -119,6 +119,7 @@ impl TestNode {
 pub(crate) enum Storage {
     Memory,
     Sled(PathBuf),
+    Wal(PathBuf),
 }
 
 impl Storage {
@@ -126,6 +127,7 @@ impl Storage {
         match self {
             Self::Memory => Arc::new(MemoryLogProvider::new()),
             Self::Sled(dir) => Arc::new(SledLogProvider::new(dir.join(name))),
+            Self::Wal(dir) => Arc::new(WalLogProvider::new(dir.join(name))),
         }
     }
 }

@@ -289,11 +289,20 @@ async fn learners_are_added_promoted_and_removed() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_recovers_its_log_and_vote_from_the_write_ahead_log() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    restart_recovers_log_and_vote(Storage::Wal(dir.path().to_path_buf())).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_recovers_its_log_and_vote_from_sled() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    restart_recovers_log_and_vote(Storage::Sled(dir.path().to_path_buf())).await
+}
+
+async fn restart_recovers_log_and_vote(storage: Storage) -> Result<()> {
     bounded(async {
-        let dir = tempfile::tempdir()?;
-        let mut cluster =
-            Cluster::start(3, fast_config(), Storage::Sled(dir.path().to_path_buf())).await?;
+        let mut cluster = Cluster::start(3, fast_config(), storage).await?;
         cluster.start_group("g", &voters(3)).await?;
         let leader = cluster.leader("g").await?;
         let writer = cluster.node(&leader)?.group("g")?;
@@ -377,10 +386,19 @@ async fn groups_are_refused_twice_and_after_stop() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destroyed_group_starts_again_empty() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    destroyed_group_starts_empty(Storage::Wal(dir.path().to_path_buf())).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroyed_sled_group_starts_again_empty() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    destroyed_group_starts_empty(Storage::Sled(dir.path().to_path_buf())).await
+}
+
+async fn destroyed_group_starts_empty(storage: Storage) -> Result<()> {
     bounded(async {
-        let dir = tempfile::tempdir()?;
-        let mut cluster =
-            Cluster::start(1, fast_config(), Storage::Sled(dir.path().to_path_buf())).await?;
+        let mut cluster = Cluster::start(1, fast_config(), storage).await?;
         let node = cluster.node_mut("n1")?;
         let group = node.start_group("gone", &voters(1)).await?;
         group.wait_for_leader(WAIT).await?;

@@ -2,3 +2,4 @@
 mod cluster;
 mod groups;
 mod storage_suite;
+mod wal;

@@ -7,7 +7,7 @@ use lifecycle::{Component, FaultReporter, StartContext};
 use network::{NetworkConfiguration, NetworkManager};
 use raft::{
     GroupMembers, LogStorageProvider, MemoryLogProvider, RaftConfiguration, RaftManager,
-    SledLogProvider,
+    WalLogProvider,
 };
 use table::{
     MemoryPartitionProvider, Partition, PartitionClient, PartitionService,
@@ -92,7 +92,7 @@ impl TestNode {
                 Arc::new(MemoryPartitionProvider::new()),
             ),
             Storage::Sled(dir) => (
-                Arc::new(SledLogProvider::new(dir.join(name).join("raft"))),
+                Arc::new(WalLogProvider::new(dir.join(name).join("raft-log"))),
                 Arc::new(SledPartitionProvider::in_data_dir(&dir.join(name))),
             ),
         };
