@@ -28,6 +28,10 @@ use serde_json::{json, Value as Json};
 use table::Table;
 use tokio::task::JoinSet;
 
+/// The allocator the `ignite` binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const NODES: usize = 3;
 const PARTITIONS: u32 = 8;
 const REPLICAS: u32 = 3;
