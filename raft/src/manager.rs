@@ -48,6 +48,9 @@ struct Entry {
 struct Shared {
     groups: RwLock<HashMap<String, Entry>>,
     guard: StopGuard,
+    /// Bumped whenever a group on this node starts or changes its role, leader or
+    /// membership: components that act on roles wait on it instead of polling every group.
+    role_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -146,6 +149,7 @@ impl RaftManager {
         let shared = Arc::new(Shared {
             groups: RwLock::new(HashMap::new()),
             guard: StopGuard::for_component(NAME),
+            role_changes: tokio::sync::watch::Sender::new(0),
         });
         let handler_shared = Arc::clone(&shared);
         let registration = network
@@ -192,6 +196,13 @@ impl RaftManager {
             .read()
             .get(group_id)
             .map(|e| e.group.clone())
+    }
+
+    /// A receiver that sees a change whenever a group on this node starts or changes its
+    /// role, its leader or its membership (not on log progress). Changes that come together
+    /// are seen as one.
+    pub fn role_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.role_changes.subscribe()
     }
 
     /// Ids of the groups running on this node, sorted.
@@ -331,7 +342,12 @@ impl RaftManager {
             &faults,
             NAME,
             &format!("group {group_id} metrics"),
-            watch_group(group.clone(), members.learners.clone(), cancel.clone()),
+            watch_group(
+                group.clone(),
+                members.learners.clone(),
+                Arc::clone(&self.shared),
+                cancel.clone(),
+            ),
         );
         self.shared.groups.write().insert(
             group_id.to_owned(),
@@ -434,6 +450,7 @@ async fn shutdown_group(entry: Entry) {
 async fn watch_group(
     group: RaftGroup,
     learners: Vec<String>,
+    shared: Arc<Shared>,
     cancel: CancellationToken,
 ) -> std::result::Result<(), BoxError> {
     let mut rx = group.inner.raft.metrics();
@@ -451,6 +468,18 @@ async fn watch_group(
         // openraft updates its metrics on every heartbeat round: publish changes only
         if last.as_ref() != Some(&metrics) {
             metrics.publish();
+            let role_changed = last.as_ref().is_none_or(|l| {
+                (&l.role, &l.leader, &l.voters, &l.learners)
+                    != (
+                        &metrics.role,
+                        &metrics.leader,
+                        &metrics.voters,
+                        &metrics.learners,
+                    )
+            });
+            if role_changed {
+                shared.role_changes.send_modify(|n| *n = n.wrapping_add(1));
+            }
             last = Some(metrics.clone());
         }
         if state == ServerState::Shutdown {

@@ -614,6 +614,7 @@ impl TableManager {
             node,
             in_flight: Arc::clone(&self.in_flight),
             wake: Arc::clone(&wake),
+            role_changes: self.raft.role_changes(),
         });
         spawn_supervised(
             &self.tasks,

@@ -43,9 +43,10 @@ pub const MAX_CATCH_UP_LAG: u64 = 64;
 /// How long one attempt waits for learners to catch up before giving up until the next tick.
 const CATCH_UP_DEADLINE: Duration = Duration::from_secs(30);
 
-/// How often every leader checks its partitions against their assignments (besides the
-/// wake-ups on catalog changes).
-pub(crate) const TICK: Duration = Duration::from_millis(250);
+/// How often every leader checks its partitions against their assignments besides the
+/// wake-ups on catalog changes and on role or membership changes of local groups: the retry
+/// of a failed step.
+pub(crate) const TICK: Duration = Duration::from_secs(2);
 
 /// The MetaStorage key of the stable assignment of `table_id`/`partition`.
 pub fn stable_key(table_id: &str, partition: u32) -> Vec<u8> {
@@ -171,6 +172,8 @@ pub(crate) struct Rebalancer {
     pub(crate) node: String,
     pub(crate) in_flight: Arc<Mutex<HashSet<(String, u32)>>>,
     pub(crate) wake: Arc<Notify>,
+    /// Role, leader and membership changes of this node's raft groups.
+    pub(crate) role_changes: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Rebalancer {
@@ -180,10 +183,16 @@ impl Rebalancer {
         tasks: TaskTracker,
         cancel: CancellationToken,
     ) -> std::result::Result<(), lifecycle::BoxError> {
+        let mut role_changes = self.role_changes.clone();
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
                 () = self.wake.notified() => {}
+                changed = role_changes.changed() => if changed.is_err() {
+                    // the raft manager is gone: the node is stopping
+                    cancel.cancelled().await;
+                    return Ok(());
+                },
                 () = tokio::time::sleep(TICK) => {}
             }
             for (partition, plan) in self.tick().await {

@@ -428,3 +428,29 @@ async fn destroyed_group_starts_empty(storage: Storage) -> Result<()> {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_changes_are_announced_and_log_progress_is_not() -> Result<()> {
+    bounded(async {
+        let mut cluster = Cluster::start(1, fast_config(), Storage::Memory).await?;
+        let node = cluster.node_mut("n1")?;
+        let mut changes = node.raft.role_changes();
+        let before = *changes.borrow_and_update();
+        let group = node.start_group("announced", &voters(1)).await?;
+        group.wait_for_leader(WAIT).await?;
+        tokio::time::timeout(WAIT, changes.changed()).await??;
+        let settled = *changes.borrow_and_update();
+        assert!(settled > before, "the start was announced");
+        let writes = 200u64;
+        for i in 0..writes {
+            group
+                .write(MemoryStateMachine::put(&format!("k{i}"), "v"))
+                .await?;
+        }
+        // at most the announcements of the election still on their way; not one per write
+        let during = changes.borrow_and_update().wrapping_sub(settled);
+        assert!(during <= 2, "{during} announcements during {writes} writes");
+        cluster.stop().await
+    })
+    .await
+}
