@@ -29,6 +29,10 @@ use serde_json::json;
 use tokio::{sync::mpsc, task::JoinSet};
 use vault::VaultManager;
 
+/// The allocator the `ignite` binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long each throughput cell runs.
 const CELL: Duration = Duration::from_secs(3);
 /// Operations in flight of the concurrent cells.
