@@ -29,7 +29,7 @@ use crate::{
     rpc::{NetworkFactory, RaftMessage, RaftReply, RaftRequest},
     state_machine::{StateMachine, StateMachineStore},
     storage::{LogStorageProvider, MemoryLogProvider, SledLogProvider},
-    types::{basic_node, node_id, GroupMembers, Raft},
+    types::{basic_node, node_id, GroupMembers, LogId, Raft},
     wal::WalLogProvider,
 };
 
@@ -447,6 +447,48 @@ async fn shutdown_group(entry: Entry) {
 
 /// Publishes a group's metrics and, on the first leader of a fresh group, adds the initial
 /// learners (in one membership change).
+/// The parts of openraft's metrics that [`GroupMetrics`] is built from.
+struct Seen {
+    state: ServerState,
+    term: u64,
+    leader: Option<u64>,
+    last_log_index: Option<u64>,
+    applied: Option<LogId>,
+    snapshot: Option<LogId>,
+    purged: Option<LogId>,
+    membership: Option<LogId>,
+    replication: Option<BTreeMap<u64, Option<LogId>>>,
+}
+
+impl Seen {
+    fn of(m: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> Self {
+        Self {
+            state: m.state,
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            applied: m.last_applied,
+            snapshot: m.snapshot,
+            purged: m.purged,
+            membership: m.membership_config.log_id().as_ref().copied(),
+            replication: m.replication.clone(),
+        }
+    }
+
+    /// Whether `m` has the same values, without allocating.
+    fn matches(&self, m: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> bool {
+        self.state == m.state
+            && self.term == m.current_term
+            && self.leader == m.current_leader
+            && self.last_log_index == m.last_log_index
+            && self.applied == m.last_applied
+            && self.snapshot == m.snapshot
+            && self.purged == m.purged
+            && self.membership.as_ref() == m.membership_config.log_id().as_ref()
+            && self.replication == m.replication
+    }
+}
+
 async fn watch_group(
     group: RaftGroup,
     learners: Vec<String>,
@@ -456,16 +498,30 @@ async fn watch_group(
     let mut rx = group.inner.raft.metrics();
     let mut learners_pending = !learners.is_empty();
     let mut last: Option<GroupMetrics> = None;
+    let mut seen: Option<Seen> = None;
     loop {
-        let (metrics, membership_index, state) = {
+        let built = {
             let m = rx.borrow_and_update();
-            (
-                GroupMetrics::from_raft(&group.inner.id, &group.inner.local, &m),
-                m.membership_config.log_id().map(|l| l.index),
-                m.state,
-            )
+            // openraft republishes its metrics on every heartbeat round (the time since the
+            // last quorum ack moves): compare what ours are built from before building them
+            if seen.as_ref().is_some_and(|s| s.matches(&m)) {
+                None
+            } else {
+                seen = Some(Seen::of(&m));
+                Some((
+                    GroupMetrics::from_raft(&group.inner.id, &group.inner.local, &m),
+                    m.membership_config.log_id().map(|l| l.index),
+                    m.state,
+                ))
+            }
         };
-        // openraft updates its metrics on every heartbeat round: publish changes only
+        let Some((metrics, membership_index, state)) = built else {
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                changed = rx.changed() => if changed.is_err() { return Ok(()) },
+            }
+            continue;
+        };
         if last.as_ref() != Some(&metrics) {
             metrics.publish();
             let role_changed = last.as_ref().is_none_or(|l| {
