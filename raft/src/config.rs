@@ -34,7 +34,10 @@ pub struct RaftConfiguration {
     pub data_election_timeout_min_ms: u64,
     /// Upper bound of the election timeout of data groups.
     pub data_election_timeout_max_ms: u64,
-    /// How often the leader of a data group sends heartbeats.
+    /// How often the leader of a data group sends heartbeats. Each is a message per
+    /// follower, and idle nodes spend most of their CPU on them; a follower that saw a
+    /// leader waits its lease (`data_election_timeout_max_ms`) plus an election timeout
+    /// before it stands, so a second between heartbeats leaves over four of slack.
     pub data_heartbeat_interval_ms: u64,
 }
 
@@ -64,7 +67,7 @@ impl Default for RaftConfiguration {
             write_timeout_ms: 10_000,
             data_election_timeout_min_ms: 1_500,
             data_election_timeout_max_ms: 3_000,
-            data_heartbeat_interval_ms: 500,
+            data_heartbeat_interval_ms: 1_000,
         }
     }
 }
@@ -188,7 +191,11 @@ mod tests {
         assert!(raft.election_timeout_min >= 4 * raft.heartbeat_interval);
         assert_eq!(raft.cluster_name, "g");
         let data = config.to_openraft("p", GroupClass::Data).unwrap();
-        assert_eq!(data.heartbeat_interval, 500);
+        assert_eq!(data.heartbeat_interval, 1_000);
+        // a follower stands after the lease (the max timeout) plus at least the min
+        assert!(
+            data.election_timeout_max + data.election_timeout_min >= 4 * data.heartbeat_interval
+        );
         assert_eq!(
             (data.election_timeout_min, data.election_timeout_max),
             (1_500, 3_000)
