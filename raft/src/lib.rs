@@ -45,5 +45,5 @@ pub use crate::{
         MetaKey, SledLogProvider, SledLogStorage,
     },
     types::{node_id, GroupMembers, LogPosition},
-    wal::{WalLogProvider, WalLogStorage, MIN_REWRITE_BYTES},
+    wal::{WalLogProvider, WalLogStorage, MIN_REWRITE_BYTES, PREALLOCATE_BYTES},
 };

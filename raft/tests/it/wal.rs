@@ -36,7 +36,8 @@ fn flush_and_wait(storage: &dyn LogStorage) -> std::io::Result<()> {
         .map_err(std::io::Error::other)?
 }
 
-/// The newest log file of `dir` and its length.
+/// The newest log file of `dir` and how much of it is written: up to its last non-zero
+/// byte (the rest is zero-filled ahead of the writes).
 fn log_file(dir: &Path) -> (PathBuf, u64) {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap()
@@ -45,8 +46,20 @@ fn log_file(dir: &Path) -> (PathBuf, u64) {
         .collect();
     files.sort();
     let path = files.pop().expect("a log file");
-    let len = fs::metadata(&path).unwrap().len();
-    (path, len)
+    let bytes = fs::read(&path).unwrap();
+    let written = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    (path, written as u64)
+}
+
+/// Overwrites `bytes` of `path` at `offset`.
+fn scribble(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .write_all_at(bytes, offset)
+        .unwrap();
 }
 
 #[test]
@@ -130,17 +143,33 @@ fn a_torn_tail_is_cut_and_corruption_is_reported_with_the_file() {
         expected
     };
     let (file, len) = log_file(&path);
-    // a write that never completed: half a record, then zeroes
-    let mut bytes = fs::read(&file).unwrap();
-    bytes.extend_from_slice(&[9, 0, 0, 0, 1, 2, 3]);
-    fs::write(&file, &bytes).unwrap();
+    let size = fs::metadata(&file).unwrap().len();
+    assert!(size > len, "the file is zero-filled ahead: {size} > {len}");
+    // a write that never completed: half a record after the last one, and stray bytes
+    // further on
+    scribble(&file, len, &[9, 0, 0, 0, 1, 2, 3]);
+    scribble(&file, size - 3, &[7, 7, 7]);
     {
         let provider = WalLogProvider::new(&path);
         provider.open().unwrap();
-        assert_eq!(dump(provider.group("g").unwrap().as_ref()), expected);
+        let g = provider.group("g").unwrap();
+        assert_eq!(dump(g.as_ref()), expected);
+        assert_eq!(log_file(&path).1, len, "the torn tail was zeroed");
+        // new records follow the last good one and survive the next restart
+        g.append(vec![(6, vec![6; 10])]).unwrap();
+        flush_and_wait(g.as_ref()).unwrap();
         provider.close().unwrap();
     }
-    assert_eq!(log_file(&path).1, len, "the torn tail was cut off");
+    let expected = {
+        let provider = WalLogProvider::new(&path);
+        provider.open().unwrap();
+        let got = dump(provider.group("g").unwrap().as_ref());
+        assert_eq!(got.0.last(), Some(&(6, vec![6; 10])));
+        provider.close().unwrap();
+        got
+    };
+    assert_eq!(expected.0.len(), 6);
+    let (file, _) = log_file(&path);
 
     // the file's start is not a log: refused with the file named
     let mut bytes = fs::read(&file).unwrap();
@@ -367,8 +396,10 @@ proptest! {
                     provider.close().unwrap();
                     let (file, len) = log_file(&path);
                     if file == durable.0 && len >= durable.1 {
+                        // the writes after the last flush reached the disk up to `keep`
                         let keep = durable.1 + cut % (len - durable.1 + 1);
-                        fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(keep).unwrap();
+                        let zeroes = vec![0; usize::try_from(len - keep).unwrap()];
+                        scribble(&file, keep, &zeroes);
                     }
                     provider = open();
                     let recovered = wal_dump(&provider);
