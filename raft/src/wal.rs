@@ -483,6 +483,7 @@ impl Wal {
             // everything queued before these waiters was written by an earlier round
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let result = active.reserve(bytes.len() as u64).and_then(|()| {
             use std::os::unix::fs::FileExt;
             active.file.write_all_at(bytes, active.len)?;
@@ -492,6 +493,8 @@ impl Wal {
             Ok(()) => {
                 active.len += bytes.len() as u64;
                 metrics::counter!("ignite_raft_log_flushes_total").increment(1);
+                metrics::histogram!("ignite_raft_log_flush_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 metrics::histogram!("ignite_raft_log_flush_batch").record(waiters as f64);
                 metrics::gauge!("ignite_raft_log_file_bytes").set(active.len as f64);
             }
