@@ -392,7 +392,7 @@ impl RaftManager {
             return Arc::clone(storage);
         }
         let chosen: Arc<dyn LogStorageProvider> = match self.vault.data_dir() {
-            Some(dir) => disk_storage(&dir),
+            Some(dir) => disk_storage(dir),
             None => Arc::new(MemoryLogProvider::new()),
         };
         *self.storage.lock() = Some(Arc::clone(&chosen));
