@@ -22,6 +22,10 @@ pub struct RaftConfiguration {
     pub snapshot_logs_since_last: u64,
     /// Entries kept in the log behind the last snapshot (for slow followers).
     pub max_in_snapshot_log_to_keep: u64,
+    /// Also build a snapshot once the log entries a group holds in memory pass this many
+    /// bytes (the write-ahead log storage keeps a group's live entries in memory; the entry
+    /// count above does not bound their size).
+    pub snapshot_log_bytes: u64,
     /// Most entries in one append-entries request.
     pub max_payload_entries: u64,
     /// How long sending one snapshot chunk may take.
@@ -62,6 +66,7 @@ impl Default for RaftConfiguration {
             heartbeat_interval_ms: 50,
             snapshot_logs_since_last: 5_000,
             max_in_snapshot_log_to_keep: 1_000,
+            snapshot_log_bytes: 64 << 20,
             max_payload_entries: 300,
             install_snapshot_timeout_ms: 5_000,
             write_timeout_ms: 10_000,
@@ -79,6 +84,7 @@ impl RaftConfiguration {
             ("election_timeout_min_ms", self.election_timeout_min_ms),
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
             ("snapshot_logs_since_last", self.snapshot_logs_since_last),
+            ("snapshot_log_bytes", self.snapshot_log_bytes),
             ("max_payload_entries", self.max_payload_entries),
             (
                 "install_snapshot_timeout_ms",

@@ -28,7 +28,7 @@ use crate::{
     log_store::LogStore,
     rpc::{NetworkFactory, RaftMessage, RaftReply, RaftRequest},
     state_machine::{StateMachine, StateMachineStore},
-    storage::{LogStorageProvider, MemoryLogProvider, SledLogProvider},
+    storage::{LogStorage, LogStorageProvider, MemoryLogProvider, SledLogProvider},
     types::{basic_node, node_id, GroupMembers, LogId, Raft},
     wal::WalLogProvider,
 };
@@ -274,7 +274,7 @@ impl RaftManager {
             node_id(&local),
             raft_config,
             factory,
-            LogStore::new(log),
+            LogStore::new(Arc::clone(&log)),
             sm,
         )
         .await
@@ -346,6 +346,7 @@ impl RaftManager {
                 group.clone(),
                 members.learners.clone(),
                 Arc::clone(&self.shared),
+                log,
                 cancel.clone(),
             ),
         );
@@ -447,6 +448,19 @@ async fn shutdown_group(entry: Entry) {
 
 /// Publishes a group's metrics and, on the first leader of a fresh group, adds the initial
 /// learners (in one membership change).
+/// Whether the entries `log` holds in memory pass `raft.snapshot_log_bytes` and a snapshot
+/// at the applied index would let the log purge some of them.
+fn too_large(group: &RaftGroup, metrics: &GroupMetrics, log: &dyn LogStorage) -> bool {
+    let config = &group.inner.config;
+    let Some(bytes) = log.memory_bytes() else {
+        return false;
+    };
+    let applied = metrics.last_applied.map_or(0, |p| p.index);
+    let snapshot = metrics.snapshot.map_or(0, |p| p.index);
+    bytes > config.snapshot_log_bytes
+        && applied.saturating_sub(snapshot) > config.max_in_snapshot_log_to_keep
+}
+
 /// The parts of openraft's metrics that [`GroupMetrics`] is built from.
 struct Seen {
     state: ServerState,
@@ -493,12 +507,15 @@ async fn watch_group(
     group: RaftGroup,
     learners: Vec<String>,
     shared: Arc<Shared>,
+    log: Arc<dyn LogStorage>,
     cancel: CancellationToken,
 ) -> std::result::Result<(), BoxError> {
     let mut rx = group.inner.raft.metrics();
     let mut learners_pending = !learners.is_empty();
     let mut last: Option<GroupMetrics> = None;
     let mut seen: Option<Seen> = None;
+    // the snapshot index at which a snapshot for the log's size was last asked for
+    let mut asked_at: Option<Option<u64>> = None;
     loop {
         let built = {
             let m = rx.borrow_and_update();
@@ -522,6 +539,14 @@ async fn watch_group(
             }
             continue;
         };
+        let snapshot_index = metrics.snapshot.map(|p| p.index);
+        if asked_at != Some(snapshot_index) && too_large(&group, &metrics, log.as_ref()) {
+            asked_at = Some(snapshot_index);
+            tracing::debug!(group_id = %group.inner.id, bytes = ?log.memory_bytes(), "log over its memory budget: snapshot");
+            if let Err(e) = group.inner.raft.trigger().snapshot().await {
+                tracing::warn!(group_id = %group.inner.id, error = %e, "asking for a snapshot failed");
+            }
+        }
         if last.as_ref() != Some(&metrics) {
             metrics.publish();
             let role_changed = last.as_ref().is_none_or(|l| {

@@ -66,6 +66,12 @@ pub trait LogStorage: Send + Sync + 'static {
     fn purge_upto(&self, upto: u64) -> Result<()>;
     /// Makes every earlier write durable, then calls `done`. Never blocks.
     fn flush(&self, done: FlushCallback);
+    /// Bytes of log entries this storage holds in memory for the group, `None` when it
+    /// keeps them elsewhere. A group builds a snapshot (and so purges its log) when this
+    /// passes `raft.snapshot_log_bytes`.
+    fn memory_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Where a node keeps the logs of its groups.

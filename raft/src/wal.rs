@@ -180,6 +180,12 @@ fn meta_code(key: MetaKey) -> u8 {
 pub(crate) struct GroupState {
     meta: [Option<Vec<u8>>; META_SLOTS],
     log: BTreeMap<u64, Vec<u8>>,
+    /// The sum of the entries' lengths.
+    bytes: u64,
+}
+
+fn total(entries: &BTreeMap<u64, Vec<u8>>) -> u64 {
+    entries.values().map(|e| e.len() as u64).sum()
 }
 
 impl GroupState {
@@ -187,15 +193,27 @@ impl GroupState {
         self.log.is_empty() && self.meta.iter().all(Option::is_none)
     }
 
+    fn insert_all(&mut self, entries: impl IntoIterator<Item = (u64, Vec<u8>)>) {
+        for (index, entry) in entries {
+            self.bytes += entry.len() as u64;
+            if let Some(old) = self.log.insert(index, entry) {
+                self.bytes -= old.len() as u64;
+            }
+        }
+    }
+
     fn truncate_from(&mut self, from: u64) {
-        self.log.split_off(&from);
+        let removed = self.log.split_off(&from);
+        self.bytes -= total(&removed);
     }
 
     fn purge_upto(&mut self, upto: u64) {
-        self.log = match upto.checked_add(1) {
+        let kept = match upto.checked_add(1) {
             Some(next) => self.log.split_off(&next),
             None => BTreeMap::new(),
         };
+        self.bytes -= total(&self.log);
+        self.log = kept;
     }
 }
 
@@ -208,9 +226,7 @@ fn replay(
         Record::Checkpoint => groups.clear(),
         Record::Append { group, entries } => {
             let state = groups.entry(group.to_owned()).or_default();
-            state
-                .log
-                .extend(entries.into_iter().map(|(i, e)| (i, e.to_vec())));
+            state.insert_all(entries.into_iter().map(|(i, e)| (i, e.to_vec())));
         }
         Record::Meta { group, key, value } => {
             let slot = usize::from(key);
@@ -761,7 +777,7 @@ impl LogStorage for WalLogStorage {
         };
         let bytes = self.encoded(&record)?;
         drop(record);
-        self.mutate_encoded(bytes, |state| state.log.extend(entries))
+        self.mutate_encoded(bytes, |state| state.insert_all(entries))
     }
 
     fn range(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>> {
@@ -808,6 +824,10 @@ impl LogStorage for WalLogStorage {
 
     fn flush(&self, done: FlushCallback) {
         self.wal.flush(done);
+    }
+
+    fn memory_bytes(&self) -> Option<u64> {
+        Some(self.state.lock().bytes)
     }
 }
 

@@ -454,3 +454,37 @@ async fn role_changes_are_announced_and_log_progress_is_not() -> Result<()> {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_over_its_memory_budget_is_snapshotted_and_purged() -> Result<()> {
+    bounded(async {
+        let dir = tempfile::tempdir()?;
+        let config = RaftConfiguration {
+            // the entry count alone would never snapshot here
+            snapshot_logs_since_last: 1_000_000,
+            max_in_snapshot_log_to_keep: 5,
+            snapshot_log_bytes: 64 << 10,
+            ..fast_config()
+        };
+        let mut cluster = Cluster::start(1, config, Storage::Wal(dir.path().to_path_buf())).await?;
+        let node = cluster.node_mut("n1")?;
+        let group = node.start_group("big", &voters(1)).await?;
+        group.wait_for_leader(WAIT).await?;
+        let value = "x".repeat(4096);
+        for i in 0..64 {
+            group
+                .write(MemoryStateMachine::put(&format!("k{i}"), &value))
+                .await?;
+        }
+        // 256 KiB of entries against a 64 KiB budget: snapshotted and purged
+        let m = group
+            .wait_for(WAIT, "a snapshot and a purge", |m| {
+                m.snapshot.is_some() && m.purged.is_some_and(|p| p.index > 0)
+            })
+            .await?;
+        assert!(m.snapshot.map_or(0, |p| p.index) >= 32, "{m:?}");
+        assert_eq!(node.sm("big")?.get("k63").as_deref(), Some(value.as_str()));
+        cluster.stop().await
+    })
+    .await
+}

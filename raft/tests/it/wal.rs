@@ -434,6 +434,12 @@ proptest! {
                 }
             }
             prop_assert_eq!(wal_dump(&provider), model_dump(&model));
+            for g in GROUPS {
+                // the size that decides when a group snapshots for memory
+                let storage = provider.group(g).unwrap();
+                let held: u64 = storage.range(0, u64::MAX).unwrap().iter().map(|(_, e)| e.len() as u64).sum();
+                prop_assert_eq!(storage.memory_bytes(), Some(held));
+            }
         }
         provider.close().unwrap();
         let provider = open();
