@@ -729,10 +729,10 @@ impl WalLogStorage {
     fn mutate_encoded(&self, bytes: Vec<u8>, apply: impl FnOnce(&mut GroupState)) -> Result<()> {
         let _gate = self.wal.gate.read();
         let mut state = self.state.lock();
-        let live = self
-            .wal
-            .groups
-            .read()
+        // held until the record is queued: a destroy of the group queues its record either
+        // before this check (and the write is refused) or after this record
+        let groups = self.wal.groups.read();
+        let live = groups
             .get(&self.group)
             .is_some_and(|s| Arc::ptr_eq(s, &self.state));
         if !live {
@@ -742,6 +742,7 @@ impl WalLogStorage {
             ));
         }
         self.wal.push(&self.name, bytes)?;
+        drop(groups);
         apply(&mut state);
         Ok(())
     }
