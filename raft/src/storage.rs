@@ -91,10 +91,75 @@ pub trait LogStorageProvider: Send + Sync + 'static {
 // ---------------------------------------------------------------------------------------
 // memory
 
+/// Log entries by index in memory, with their total size: the log of [`MemoryLogStorage`]
+/// and of each group of the write-ahead log.
+#[derive(Default, Debug, Clone, PartialEq)]
+pub(crate) struct EntryLog {
+    entries: BTreeMap<u64, Vec<u8>>,
+    bytes: u64,
+}
+
+fn total(entries: &BTreeMap<u64, Vec<u8>>) -> u64 {
+    entries.values().map(|e| e.len() as u64).sum()
+}
+
+impl EntryLog {
+    pub(crate) fn entries(&self) -> &BTreeMap<u64, Vec<u8>> {
+        &self.entries
+    }
+
+    /// The sum of the entries' lengths.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Writes entries by index, replacing any already there.
+    pub(crate) fn insert_all(&mut self, entries: impl IntoIterator<Item = (u64, Vec<u8>)>) {
+        for (index, entry) in entries {
+            self.bytes += entry.len() as u64;
+            if let Some(old) = self.entries.insert(index, entry) {
+                self.bytes -= old.len() as u64;
+            }
+        }
+    }
+
+    /// Entries with `from <= index < to`, in index order.
+    pub(crate) fn range(&self, from: u64, to: u64) -> Vec<(u64, Vec<u8>)> {
+        if from >= to {
+            return Vec::new();
+        }
+        self.entries
+            .range(from..to)
+            .map(|(i, e)| (*i, e.clone()))
+            .collect()
+    }
+
+    /// The entry with the greatest index.
+    pub(crate) fn last(&self) -> Option<(u64, Vec<u8>)> {
+        self.entries.last_key_value().map(|(i, e)| (*i, e.clone()))
+    }
+
+    /// Deletes entries with `index >= from`.
+    pub(crate) fn truncate_from(&mut self, from: u64) {
+        let removed = self.entries.split_off(&from);
+        self.bytes -= total(&removed);
+    }
+
+    /// Deletes entries with `index <= upto`.
+    pub(crate) fn purge_upto(&mut self, upto: u64) {
+        let kept = match upto.checked_add(1) {
+            Some(next) => self.entries.split_off(&next),
+            None => BTreeMap::new(),
+        };
+        self.bytes -= total(&self.entries);
+        self.entries = kept;
+    }
+}
+
 #[derive(Default)]
 struct MemoryState {
     meta: HashMap<MetaKey, Vec<u8>>,
-    log: BTreeMap<u64, Vec<u8>>,
+    log: EntryLog,
 }
 
 /// One group's log in memory (tests, embedding): a flush completes at once.
@@ -121,43 +186,25 @@ impl LogStorage for MemoryLogStorage {
     }
 
     fn append(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<()> {
-        self.state.lock().log.extend(entries);
+        self.state.lock().log.insert_all(entries);
         Ok(())
     }
 
     fn range(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>> {
-        if from >= to {
-            return Ok(Vec::new());
-        }
-        let state = self.state.lock();
-        Ok(state
-            .log
-            .range(from..to)
-            .map(|(i, e)| (*i, e.clone()))
-            .collect())
+        Ok(self.state.lock().log.range(from, to))
     }
 
     fn last(&self) -> Result<Option<(u64, Vec<u8>)>> {
-        Ok(self
-            .state
-            .lock()
-            .log
-            .last_key_value()
-            .map(|(i, e)| (*i, e.clone())))
+        Ok(self.state.lock().log.last())
     }
 
     fn truncate_from(&self, from: u64) -> Result<()> {
-        self.state.lock().log.split_off(&from);
+        self.state.lock().log.truncate_from(from);
         Ok(())
     }
 
     fn purge_upto(&self, upto: u64) -> Result<()> {
-        let mut state = self.state.lock();
-        let rest = match upto.checked_add(1) {
-            Some(next) => state.log.split_off(&next),
-            None => BTreeMap::new(),
-        };
-        state.log = rest;
+        self.state.lock().log.purge_upto(upto);
         Ok(())
     }
 

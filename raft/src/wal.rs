@@ -22,7 +22,7 @@
 //! Record framing: `len: u32 LE | crc32(payload): u32 LE | payload`, the payload a postcard
 //! encoded [`Record`].
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     fs::{self, File, OpenOptions},
     io::{self, Read, Write},
     path::{Path, PathBuf},
@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{Error, Result},
-    storage::{FlushCallback, LogStorage, LogStorageProvider, MetaKey},
+    storage::{EntryLog, FlushCallback, LogStorage, LogStorageProvider, MetaKey},
 };
 
 /// The log file is rewritten once it is larger than twice the live state and this.
@@ -179,41 +179,12 @@ fn meta_code(key: MetaKey) -> u8 {
 #[derive(Default, Debug, Clone, PartialEq)]
 pub(crate) struct GroupState {
     meta: [Option<Vec<u8>>; META_SLOTS],
-    log: BTreeMap<u64, Vec<u8>>,
-    /// The sum of the entries' lengths.
-    bytes: u64,
-}
-
-fn total(entries: &BTreeMap<u64, Vec<u8>>) -> u64 {
-    entries.values().map(|e| e.len() as u64).sum()
+    log: EntryLog,
 }
 
 impl GroupState {
     fn is_empty(&self) -> bool {
-        self.log.is_empty() && self.meta.iter().all(Option::is_none)
-    }
-
-    fn insert_all(&mut self, entries: impl IntoIterator<Item = (u64, Vec<u8>)>) {
-        for (index, entry) in entries {
-            self.bytes += entry.len() as u64;
-            if let Some(old) = self.log.insert(index, entry) {
-                self.bytes -= old.len() as u64;
-            }
-        }
-    }
-
-    fn truncate_from(&mut self, from: u64) {
-        let removed = self.log.split_off(&from);
-        self.bytes -= total(&removed);
-    }
-
-    fn purge_upto(&mut self, upto: u64) {
-        let kept = match upto.checked_add(1) {
-            Some(next) => self.log.split_off(&next),
-            None => BTreeMap::new(),
-        };
-        self.bytes -= total(&self.log);
-        self.log = kept;
+        self.log.entries().is_empty() && self.meta.iter().all(Option::is_none)
     }
 }
 
@@ -226,7 +197,9 @@ fn replay(
         Record::Checkpoint => groups.clear(),
         Record::Append { group, entries } => {
             let state = groups.entry(group.to_owned()).or_default();
-            state.insert_all(entries.into_iter().map(|(i, e)| (i, e.to_vec())));
+            state
+                .log
+                .insert_all(entries.into_iter().map(|(i, e)| (i, e.to_vec())));
         }
         Record::Meta { group, key, value } => {
             let slot = usize::from(key);
@@ -237,12 +210,12 @@ fn replay(
         }
         Record::Truncate { group, from } => {
             if let Some(state) = groups.get_mut(group) {
-                state.truncate_from(from);
+                state.log.truncate_from(from);
             }
         }
         Record::Purge { group, upto } => {
             if let Some(state) = groups.get_mut(group) {
-                state.purge_upto(upto);
+                state.log.purge_upto(upto);
             }
         }
         Record::Destroy { group } => {
@@ -276,6 +249,7 @@ fn encode_image<'a>(
         // bounded records, so one large log does not become one huge record
         let entries: Vec<(u64, &serde_bytes::Bytes)> = state
             .log
+            .entries()
             .iter()
             .map(|(i, e)| (*i, serde_bytes::Bytes::new(e)))
             .collect();
@@ -778,29 +752,15 @@ impl LogStorage for WalLogStorage {
         };
         let bytes = self.encoded(&record)?;
         drop(record);
-        self.mutate_encoded(bytes, |state| state.insert_all(entries))
+        self.mutate_encoded(bytes, |state| state.log.insert_all(entries))
     }
 
     fn range(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>> {
-        if from >= to {
-            return Ok(Vec::new());
-        }
-        Ok(self
-            .state
-            .lock()
-            .log
-            .range(from..to)
-            .map(|(i, e)| (*i, e.clone()))
-            .collect())
+        Ok(self.state.lock().log.range(from, to))
     }
 
     fn last(&self) -> Result<Option<(u64, Vec<u8>)>> {
-        Ok(self
-            .state
-            .lock()
-            .log
-            .last_key_value()
-            .map(|(i, e)| (*i, e.clone())))
+        Ok(self.state.lock().log.last())
     }
 
     fn truncate_from(&self, from: u64) -> Result<()> {
@@ -809,7 +769,7 @@ impl LogStorage for WalLogStorage {
                 group: &self.group,
                 from,
             },
-            |state| state.truncate_from(from),
+            |state| state.log.truncate_from(from),
         )
     }
 
@@ -819,7 +779,7 @@ impl LogStorage for WalLogStorage {
                 group: &self.group,
                 upto,
             },
-            |state| state.purge_upto(upto),
+            |state| state.log.purge_upto(upto),
         )
     }
 
@@ -828,7 +788,7 @@ impl LogStorage for WalLogStorage {
     }
 
     fn memory_bytes(&self) -> Option<u64> {
-        Some(self.state.lock().bytes)
+        Some(self.state.lock().log.bytes())
     }
 }
 
