@@ -446,8 +446,6 @@ async fn shutdown_group(entry: Entry) {
     tracing::info!(group_id = %id, "raft group stopped");
 }
 
-/// Publishes a group's metrics and, on the first leader of a fresh group, adds the initial
-/// learners (in one membership change).
 /// Whether the entries `log` holds in memory pass `raft.snapshot_log_bytes` and a snapshot
 /// at the applied index would let the log purge some of them.
 fn too_large(group: &RaftGroup, metrics: &GroupMetrics, log: &dyn LogStorage) -> bool {
@@ -503,6 +501,8 @@ impl Seen {
     }
 }
 
+/// Publishes a group's metrics and, on the first leader of a fresh group, adds the initial
+/// learners (in one membership change).
 async fn watch_group(
     group: RaftGroup,
     learners: Vec<String>,
