@@ -3,7 +3,9 @@
 //! API boundary: [`VaultManager`] (the component, async, guarded by a stop guard) and the
 //! [`VaultStorage`] trait (sync storage swap point) with two implementations,
 //! [`SledVaultStorage`] (on disk) and [`MemoryVaultStorage`] (tests, embedding). The
-//! [`testing`] module holds the conformance suite every implementation passes.
+//! [`testing`] module holds the conformance suite every implementation passes. [`redo`]
+//! writes several sled trees all or nothing without sled's process-wide transaction lock
+//! (the write-behind stores above use it).
 //!
 //! Invariants:
 //! - the vault knows nothing of the network, Raft or MetaStorage;
@@ -12,6 +14,7 @@
 //! - local subscribers see every successful write that matches them, in write order.
 mod error;
 mod manager;
+pub mod redo;
 mod storage;
 pub mod testing;
 

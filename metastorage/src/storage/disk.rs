@@ -9,13 +9,15 @@
 //! - `meta`: the counters and the last applied log position.
 //!
 //! Write-behind: committed write sets are first kept in memory ([`Pending`], read through
-//! together with sled) and written to sled in ONE transaction over all trees by a
-//! write-out thread once `WRITE_BEHIND_SETS` of them have gathered (applies go on
-//! meanwhile; a commit writes out itself when the backlog reaches eight times that), and
-//! before a snapshot or compaction, on `flush` and on close. Every sled transaction writes and syncs its log buffer twice, so this takes
-//! the sled cost off each Raft batch. Nothing acknowledged depends on it: the Raft log is
-//! the durable record, the applied position is written in the same transaction as the data,
-//! and after a crash Raft applies the entries after it again. Readers never see half a
+//! together with sled) and written to sled all or nothing over all trees by a write-out
+//! thread once `WRITE_BEHIND_SETS` of them have gathered (applies go on meanwhile; a commit
+//! writes out itself when the backlog reaches eight times that), and before a snapshot or
+//! compaction, on `flush` and on close. The write-out goes through [`vault::redo`] (a
+//! flushed redo record, then plain inserts), not a sled transaction: sled 0.34 commits
+//! transactions under one process-wide lock that stops every sled read in the process.
+//! Nothing acknowledged depends on it: the Raft log is the durable record, the applied
+//! position is written all or nothing with the data (opening completes a write-out a crash
+//! cut short), and after a crash Raft applies the entries after it again. Readers never see half a
 //! commit: the counters are published in memory after the write set is in [`Pending`], and
 //! reads only look at revisions at or below the published one. Compaction first commits its new revision,
 //! then prunes history under a lock that readers share; a crash mid-prune is finished at
@@ -32,7 +34,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use sled::{transaction::ConflictableTransactionError, Transactional};
 
 use super::{
     mvcc::{self, check_compacted, impl_key_value_storage, Backend, Meta, WriteSet},
@@ -48,10 +49,19 @@ const FORMAT: &[u8] = b"1";
 const SLED_RELEASE_WAIT: Duration = Duration::from_secs(10);
 const SLED_RELEASE_POLL: Duration = Duration::from_millis(10);
 const IMPORT_BATCH: usize = 10_000;
-/// Write sets kept in memory before they are written to sled in one transaction.
+/// Write sets kept in memory before they are written to sled in one write-out.
 pub(crate) const WRITE_BEHIND_SETS: usize = 256;
 /// Pending sets (in multiples of the write-behind size) at which a commit writes out itself.
 const BACKLOG_FACTOR: usize = 8;
+
+/// The database's trees.
+mod tree_name {
+    pub(super) const ENTRIES: &str = "entries";
+    pub(super) const REVISIONS: &str = "revisions";
+    pub(super) const COMMANDS: &str = "commands";
+    pub(super) const COMMAND_ORDER: &str = "command_order";
+    pub(super) const META: &str = "meta";
+}
 
 mod meta_key {
     pub(super) const FORMAT: &[u8] = b"format";
@@ -82,7 +92,7 @@ struct EncodedWriteSet {
 /// Committed write sets not yet in sled, indexed the way reads need them.
 #[derive(Default)]
 struct Pending {
-    /// In commit order: what the next sled transaction writes.
+    /// In commit order: what the next write-out writes.
     sets: Vec<WriteSet>,
     /// key -> its versions in `sets`, ascending revision.
     versions: BTreeMap<Vec<u8>, Vec<Entry>>,
@@ -210,6 +220,7 @@ fn merge_scans(sled: Vec<Entry>, pending: Vec<Entry>) -> Vec<Entry> {
 
 #[derive(Clone)]
 struct Trees {
+    db: sled::Db,
     entries: sled::Tree,
     revisions: sled::Tree,
     commands: sled::Tree,
@@ -247,7 +258,7 @@ struct WriteBehind {
 }
 
 impl WriteBehind {
-    /// Writes the pending write sets to sled in one transaction, then forgets them. Commits
+    /// Writes the pending write sets to sled all or nothing, then forgets them. Commits
     /// may go on meanwhile: they join the next write-out.
     fn write_out(&self) -> Result<()> {
         let _writing = self.writing.lock();
@@ -316,13 +327,33 @@ impl SledKeyValueStorage {
                 other => break other?,
             }
         };
+        // a write-out cut short by a crash is completed before anything is read
+        match catch_unwind(AssertUnwindSafe(|| vault::redo::replay(&db))) {
+            Ok(Ok(0)) => {}
+            Ok(Ok(_)) => {
+                tracing::info!(path = %path.display(), "completed a write-out cut short by a crash")
+            }
+            Ok(Err(e)) => {
+                return Err(Error::Corrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })
+            }
+            Err(panic) => {
+                return Err(Error::Corrupt {
+                    path: path.clone(),
+                    reason: format!("sled panicked: {}", panic_message(panic.as_ref())),
+                })
+            }
+        }
         let tree = |name: &str| guarded(&path, || db.open_tree(name));
         let trees = Trees {
-            entries: tree("entries")?,
-            revisions: tree("revisions")?,
-            commands: tree("commands")?,
-            command_order: tree("command_order")?,
-            meta: tree("meta")?,
+            db: db.clone(),
+            entries: tree(tree_name::ENTRIES)?,
+            revisions: tree(tree_name::REVISIONS)?,
+            commands: tree(tree_name::COMMANDS)?,
+            command_order: tree(tree_name::COMMAND_ORDER)?,
+            meta: tree(tree_name::META)?,
         };
         let trees_copy = trees.clone();
         let path_copy = path.clone();
@@ -591,9 +622,10 @@ fn encode_write_set(ws: &WriteSet) -> Result<EncodedWriteSet> {
     })
 }
 
-/// Write `sets` in order and the counters of the last one in ONE sled transaction
-/// (sled writes its log buffer once per transaction, so a batch costs what a single
-/// command does). Publishing the counters is the caller's.
+/// Write `sets` in order and the counters of the last one all or nothing, through
+/// [`vault::redo`] (not a sled transaction: sled 0.34 commits those under one process-wide
+/// lock that stops every sled read in the process, the applies' among them). Publishing the
+/// counters is the caller's.
 fn transact(t: &Trees, path: &Path, sets: &[WriteSet]) -> Result<()> {
     let Some(m) = sets.last().map(|ws| ws.meta) else {
         return Ok(());
@@ -602,47 +634,42 @@ fn transact(t: &Trees, path: &Path, sets: &[WriteSet]) -> Result<()> {
         .iter()
         .map(encode_write_set)
         .collect::<Result<Vec<_>>>()?;
-    guarded(path, || {
-        (
-            &t.entries,
-            &t.revisions,
-            &t.commands,
-            &t.command_order,
-            &t.meta,
-        )
-            .transaction(|(entries, revisions, commands, order, meta)| {
-                for ws in &encoded {
-                    for (k, v) in &ws.rows {
-                        entries.insert(k.as_slice(), v.as_slice())?;
-                    }
-                    if let Some(index) = &ws.index {
-                        revisions.insert(&ws.revision.to_be_bytes(), index.as_slice())?;
-                    }
-                    if let Some((r, v)) = &ws.record {
-                        commands.insert(&r.id.to_bytes(), v.as_slice())?;
-                        order.insert(&r.seq.to_be_bytes(), &r.id.to_bytes())?;
-                    }
-                    if let Some((seq, id)) = ws.evict {
-                        order.remove(&seq.to_be_bytes())?;
-                        commands.remove(&id.to_bytes())?;
-                    }
-                }
-                meta.insert(meta_key::REVISION, &m.revision.to_be_bytes())?;
-                meta.insert(meta_key::COMPACTED, &m.compacted.to_be_bytes())?;
-                meta.insert(meta_key::UPDATE_COUNTER, &m.update_counter.to_be_bytes())?;
-                meta.insert(meta_key::COMMAND_SEQ, &m.command_seq.to_be_bytes())?;
-                if let Some(p) = m.last_applied {
-                    meta.insert(meta_key::LAST_APPLIED, &p.to_bytes())?;
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                sled::transaction::TransactionError::Storage(e) => e,
-                sled::transaction::TransactionError::Abort(()) => {
-                    sled::Error::Unsupported("transaction aborted".into())
-                }
-            })
-    })
+    let (mut entries, mut revisions, mut commands, mut order, mut meta) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ws in encoded {
+        for (k, v) in ws.rows {
+            entries.push((k, Some(v)));
+        }
+        if let Some(index) = ws.index {
+            revisions.push((ws.revision.to_be_bytes().to_vec(), Some(index)));
+        }
+        if let Some((r, v)) = ws.record {
+            commands.push((r.id.to_bytes().to_vec(), Some(v)));
+            order.push((r.seq.to_be_bytes().to_vec(), Some(r.id.to_bytes().to_vec())));
+        }
+        if let Some((seq, id)) = ws.evict {
+            order.push((seq.to_be_bytes().to_vec(), None));
+            commands.push((id.to_bytes().to_vec(), None));
+        }
+    }
+    let counter = |key: &[u8], value: u64| (key.to_vec(), Some(value.to_be_bytes().to_vec()));
+    meta.push(counter(meta_key::REVISION, m.revision));
+    meta.push(counter(meta_key::COMPACTED, m.compacted));
+    meta.push(counter(meta_key::UPDATE_COUNTER, m.update_counter));
+    meta.push(counter(meta_key::COMMAND_SEQ, m.command_seq));
+    if let Some(p) = m.last_applied {
+        meta.push((meta_key::LAST_APPLIED.to_vec(), Some(p.to_bytes().to_vec())));
+    }
+    let redo = vault::redo::Redo {
+        trees: vec![
+            (tree_name::ENTRIES.to_owned(), entries),
+            (tree_name::REVISIONS.to_owned(), revisions),
+            (tree_name::COMMANDS.to_owned(), commands),
+            (tree_name::COMMAND_ORDER.to_owned(), order),
+            (tree_name::META.to_owned(), meta),
+        ],
+    };
+    guarded(path, || vault::redo::write(&t.db, &redo))
 }
 
 /// `key` with `0x00` escaped as `0x00 0xff`, then the terminator `0x00 0x01`.

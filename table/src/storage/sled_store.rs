@@ -7,11 +7,13 @@
 //! Write-behind: an applied batch goes into the partition's in-memory `active` layer (reads
 //! look there first) and reaches sled later: the provider's write-out thread, woken once a
 //! partition has `WRITE_BEHIND_CHANGES` changes pending and otherwise every
-//! `WRITE_OUT_EVERY`, writes the pending changes of ALL partitions in ONE sled transaction,
-//! each partition's with its applied position. Every sled batch or transaction writes and
-//! syncs its log buffer twice, whatever its size, so this takes the sled cost off each
-//! Raft apply. Nothing acknowledged depends on it: the Raft log is the durable record, and
-//! after a crash Raft applies again the entries after the position found in sled, which
+//! `WRITE_OUT_EVERY`, writes the pending changes of ALL partitions all or nothing, each
+//! partition's with its applied position, through [`vault::redo`] (a flushed redo record,
+//! then plain inserts): not a sled transaction, because sled 0.34 commits transactions and
+//! batches under one process-wide lock that stops every sled read in the process, the
+//! applies' reads among them. Nothing acknowledged depends on the write-out: the Raft log is
+//! the durable record, and after a crash opening the database first completes a write-out
+//! cut short, then Raft applies again the entries after the position found in sled, which
 //! always matches the rows beside it. sled's periodic background fsync is off; a snapshot
 //! writes out and flushes (so state that a purged log no longer covers is on disk), as do a
 //! restore and closing.
@@ -29,10 +31,6 @@ use std::{
 
 use parking_lot::{Mutex, RwLock};
 use raft::LogPosition;
-use sled::{
-    transaction::{ConflictableTransactionError, TransactionError},
-    Transactional,
-};
 
 use super::{
     parse_tree_name, tree_name, Change, PartitionSnapshot, PartitionStorage,
@@ -53,6 +51,27 @@ pub(crate) const WRITE_BEHIND_CHANGES: usize = 256;
 const BACKLOG_FACTOR: usize = 8;
 /// How often the write-out thread writes out whatever is pending.
 pub(crate) const WRITE_OUT_EVERY: Duration = Duration::from_millis(500);
+/// Completes a write-out that a crash cut short (see [`vault::redo`]), before any read.
+fn replay_redo(db: &sled::Db, what: &str) -> Result<()> {
+    let trees = match catch_unwind(AssertUnwindSafe(|| vault::redo::replay(db))) {
+        Ok(Ok(trees)) => trees,
+        Ok(Err(e)) => return Err(Error::storage(what, e)),
+        Err(panic) => {
+            return Err(Error::storage(
+                what,
+                format!("sled panicked: {}", panic_message(panic.as_ref())),
+            ))
+        }
+    };
+    if trees > 0 {
+        tracing::info!(
+            path = what,
+            partitions = trees,
+            "completed a partition write-out cut short by a crash"
+        );
+    }
+    Ok(())
+}
 
 fn prefixed(prefix: u8, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(key.len() + 1);
@@ -239,9 +258,8 @@ impl SledPartitionStorage {
     }
 }
 
-/// Writes the pending changes of `partitions` to sled in ONE transaction (sled writes and
-/// syncs its log buffer twice per transaction, whatever its size), each partition's with
-/// its applied position, then forgets them. Applies go on meanwhile into the active layers.
+/// Writes the pending changes of `partitions` to sled all or nothing ([`vault::redo`]), each
+/// partition's with its applied position, then forgets them. Applies go on meanwhile into the active layers.
 /// The caller holds the database's write-out lock.
 fn write_out(db: &sled::Db, partitions: &[&SledPartitionStorage]) -> Result<()> {
     let partitions: Vec<&SledPartitionStorage> = partitions
@@ -260,31 +278,14 @@ fn write_out(db: &sled::Db, partitions: &[&SledPartitionStorage]) -> Result<()> 
         ops.push(p.pending.read().frozen.sled_ops());
     }
     let written = ops.into_iter().collect::<Result<Vec<_>>>().and_then(|ops| {
-        let trees: Vec<&sled::Tree> = partitions.iter().map(|p| &p.tree).collect();
+        let redo = vault::redo::Redo {
+            trees: partitions.iter().map(|p| p.name.clone()).zip(ops).collect(),
+        };
         let what = format!(
             "partition database {:?}",
             String::from_utf8_lossy(&db.name())
         );
-        guarded(&what, || {
-            trees[..]
-                .transaction(|views| {
-                    for (view, ops) in views.iter().zip(&ops) {
-                        for (key, value) in ops {
-                            match value {
-                                Some(value) => view.insert(key.as_slice(), value.as_slice())?,
-                                None => view.remove(key.as_slice())?,
-                            };
-                        }
-                    }
-                    Ok::<(), ConflictableTransactionError<()>>(())
-                })
-                .map_err(|e| match e {
-                    TransactionError::Storage(e) => e,
-                    TransactionError::Abort(()) => {
-                        sled::Error::Unsupported("transaction aborted".into())
-                    }
-                })
-        })
+        guarded(&what, || vault::redo::write(db, &redo))
     });
     for p in &partitions {
         let mut layers = p.pending.write();
@@ -376,7 +377,7 @@ impl PartitionStorage for SledPartitionStorage {
     }
 
     /// Takes the batch into the active layer (visible to reads at once); it reaches sled at
-    /// the next write-out, all of it in one transaction with its applied position.
+    /// the next write-out, all or nothing with its applied position.
     fn apply(&self, batch: WriteBatch) -> Result<()> {
         self.check()?;
         let changes = {
@@ -484,7 +485,7 @@ struct Shared {
 }
 
 impl Shared {
-    /// Writes out every open partition's pending changes in one transaction.
+    /// Writes out every open partition's pending changes all or nothing.
     fn write_out_all(&self) -> Result<()> {
         let (open, destroyed) = {
             let mut partitions = self.partitions.lock();
@@ -623,6 +624,7 @@ impl PartitionStorageProvider for SledPartitionProvider {
             return Ok(());
         }
         let db = self.open_db()?;
+        replay_redo(&db, &self.what())?;
         let shared = Arc::new(Shared {
             db,
             path: self.path.clone(),

@@ -271,3 +271,103 @@ fn sled_reads_stay_whole_while_write_outs_run() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     writer.join().expect("writer thread");
 }
+
+/// Every (key, value) of the sled tree `tree` in the database at `path`.
+fn raw_tree(path: &std::path::Path, tree: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let db = sled::Config::new().path(path).open().expect("raw open");
+    let tree = db.open_tree(tree).expect("tree");
+    tree.iter()
+        .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).expect("item"))
+        .collect()
+}
+
+/// A write-out cut short by a crash (its redo record written, some of its changes not) is
+/// completed when the database opens again: rows and applied position match, as with a
+/// transaction, never the new rows with the old position.
+#[test]
+fn a_write_out_cut_short_is_completed_on_open() {
+    let batch = |rows: &[(&str, &str)], at: u64| {
+        let mut batch = WriteBatch::new();
+        for (k, v) in rows {
+            batch.upsert(k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        }
+        batch.applied_at(LogPosition { index: at, term: 1 });
+        batch
+    };
+    let old = [("a", "1"), ("b", "2")];
+    let new = [("a", "10"), ("c", "30")];
+    // the state a finished write-out of `new` leaves, taken from a second database
+    let finished = tempfile::tempdir().expect("temp dir");
+    let provider = SledPartitionProvider::in_data_dir(finished.path());
+    provider.open().expect("open");
+    let storage = provider.partition("t", 0).expect("partition");
+    storage.apply(batch(&old, 5)).expect("apply");
+    storage.apply(batch(&new, 9)).expect("apply");
+    drop(storage);
+    provider.close().expect("close");
+    let target = raw_tree(&finished.path().join("partitions"), "t/0");
+    for cut in 0..target.len() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let provider = SledPartitionProvider::in_data_dir(dir.path());
+        provider.open().expect("open");
+        let storage = provider.partition("t", 0).expect("partition");
+        storage.apply(batch(&old, 5)).expect("apply");
+        drop(storage);
+        provider.close().expect("close");
+        {
+            let db = sled::Config::new()
+                .path(dir.path().join("partitions"))
+                .open()
+                .expect("raw open");
+            let redo = vault::redo::Redo {
+                trees: vec![(
+                    "t/0".to_owned(),
+                    target
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Some(v.clone())))
+                        .collect(),
+                )],
+            };
+            vault::redo::write_cut_short(&db, &redo, cut).expect("cut short");
+        }
+        let provider = SledPartitionProvider::in_data_dir(dir.path());
+        provider.open().expect("open completes the write-out");
+        let storage = provider.partition("t", 0).expect("partition");
+        assert_eq!(
+            storage.last_applied().expect("applied"),
+            Some(LogPosition { index: 9, term: 1 }),
+            "cut after {cut} changes"
+        );
+        let rows = storage.scan(Bound::Unbounded, usize::MAX).expect("scan");
+        let want: Vec<(Vec<u8>, Vec<u8>)> = [("a", "10"), ("b", "2"), ("c", "30")]
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        assert_eq!(rows, want, "cut after {cut} changes");
+        drop(storage);
+        provider.close().expect("close");
+    }
+}
+
+/// A redo record that does not decode stops the open with an error naming the database.
+#[test]
+fn a_corrupt_write_out_record_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let db = sled::Config::new()
+            .path(dir.path().join("partitions"))
+            .open()
+            .expect("raw open");
+        db.open_tree("redo-record")
+            .expect("tree")
+            .insert("redo", &[7u8, 1, 2][..])
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    let provider = SledPartitionProvider::in_data_dir(dir.path());
+    let e = provider.open().expect_err("refused").to_string();
+    assert!(
+        e.contains("partitions") && e.contains("redo record") && e.contains("unknown format 7"),
+        "{e}"
+    );
+}
