@@ -243,8 +243,11 @@ fn sled_restore_survives_reopen_and_an_interrupted_one_starts_empty() {
     assert_eq!(s.put(b"k", b"v").expect("put"), 1);
 }
 
+/// A sled tree's name and its (key, value) pairs.
+type RawTree = (String, Vec<(Vec<u8>, Vec<u8>)>);
+
 /// Every tree of the sled database at `path` with all its (key, value) pairs.
-fn raw_trees(path: &std::path::Path) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> {
+fn raw_trees(path: &std::path::Path) -> Vec<RawTree> {
     let db = sled::open(path).expect("raw sled");
     let mut trees = Vec::new();
     for name in db.tree_names() {
@@ -313,10 +316,10 @@ fn sled_refuses_a_corrupt_write_out_record_by_path() {
             .expect("insert");
         db.flush().expect("flush");
     }
-    let e = SledKeyValueStorage::open(dir.path())
-        .err()
-        .expect("refused")
-        .to_string();
+    let Err(e) = SledKeyValueStorage::open(dir.path()) else {
+        panic!("a corrupt redo record must be refused");
+    };
+    let e = e.to_string();
     assert!(
         e.contains(&dir.path().display().to_string()) && e.contains("redo record"),
         "{e}"
