@@ -5,7 +5,11 @@
 //!   the escaping (`0x00` -> `0x00 0xff`) keeps keys in byte order and every key's versions
 //!   together, ascending by revision, so a read at a revision is one reverse range step;
 //! - `revisions`: `revision(be)` -> the keys it wrote (what watches replay);
-//! - `commands`: command id -> `seq(be)` + outcome; `command_order`: `seq(be)` -> id;
+//! - `command_log`: `seq(be)` of its first record -> postcard of the command records one
+//!   write-out wrote (a block); blocks whose records all fell out of the window are removed.
+//!   The whole window is kept in memory ([`CommandWindow`], read from these blocks on open),
+//!   so the idempotency check of a command never reads sled and a command costs no sled
+//!   write of its own;
 //! - `meta`: the counters and the last applied log position.
 //!
 //! Write-behind: committed write sets are first kept in memory ([`Pending`], read through
@@ -36,7 +40,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    mvcc::{self, check_compacted, impl_key_value_storage, Backend, Meta, WriteSet},
+    mvcc::{self, check_compacted, impl_key_value_storage, Backend, CommandWindow, Meta, WriteSet},
     CommandRecord, StorageSnapshot, DEFAULT_COMMAND_WINDOW,
 };
 use crate::{
@@ -45,7 +49,10 @@ use crate::{
     error::{Error, Result},
 };
 
-const FORMAT: &[u8] = b"1";
+/// Format 2 keeps the command window in blocks (`command_log`); format 1 kept it in two
+/// trees keyed by id and by sequence number, and is converted on open.
+const FORMAT: &[u8] = b"2";
+const FORMAT_1: &[u8] = b"1";
 const SLED_RELEASE_WAIT: Duration = Duration::from_secs(10);
 const SLED_RELEASE_POLL: Duration = Duration::from_millis(10);
 const IMPORT_BATCH: usize = 10_000;
@@ -58,8 +65,10 @@ const BACKLOG_FACTOR: usize = 8;
 mod tree_name {
     pub(super) const ENTRIES: &str = "entries";
     pub(super) const REVISIONS: &str = "revisions";
-    pub(super) const COMMANDS: &str = "commands";
-    pub(super) const COMMAND_ORDER: &str = "command_order";
+    pub(super) const COMMAND_LOG: &str = "command_log";
+    /// Format 1's command window, by id and by sequence number.
+    pub(super) const FORMAT_1_COMMANDS: &str = "commands";
+    pub(super) const FORMAT_1_COMMAND_ORDER: &str = "command_order";
     pub(super) const META: &str = "meta";
 }
 
@@ -85,8 +94,6 @@ struct EncodedWriteSet {
     revision: u64,
     rows: Vec<(Vec<u8>, Vec<u8>)>,
     index: Option<Vec<u8>>,
-    record: Option<(CommandRecord, Vec<u8>)>,
-    evict: Option<(u64, CommandId)>,
 }
 
 /// Committed write sets not yet in sled, indexed the way reads need them.
@@ -98,13 +105,6 @@ struct Pending {
     versions: BTreeMap<Vec<u8>, Vec<Entry>>,
     /// revision -> the keys it wrote.
     revisions: HashMap<u64, Vec<Vec<u8>>>,
-    /// id -> (the command sequence of the set that recorded it, its outcome)
-    commands: HashMap<CommandId, (u64, Outcome)>,
-    order: HashMap<u64, CommandId>,
-    /// Ids and sequence numbers `sets` evicted from the window (sled may still hold them),
-    /// each with the command sequence of the set that evicted it.
-    evicted: HashMap<CommandId, u64>,
-    evicted_seqs: HashMap<u64, u64>,
 }
 
 impl Pending {
@@ -121,18 +121,6 @@ impl Pending {
                 .or_default()
                 .push(e.clone());
         }
-        let at = ws.meta.command_seq;
-        if let Some(r) = ws.record {
-            self.commands.insert(r.id, (at, r.outcome));
-            self.evicted.remove(&r.id);
-            self.order.insert(r.seq, r.id);
-        }
-        if let Some((seq, id)) = ws.evict {
-            self.order.remove(&seq);
-            self.evicted_seqs.insert(seq, at);
-            self.commands.remove(&id);
-            self.evicted.insert(id, at);
-        }
         self.sets.push(ws);
     }
 
@@ -142,22 +130,12 @@ impl Pending {
         let Some(last) = written.last() else {
             return;
         };
-        let (revision, seq) = (last.meta.revision, last.meta.command_seq);
+        let revision = last.meta.revision;
         self.versions.retain(|_, history| {
             history.retain(|e| e.revision > revision);
             !history.is_empty()
         });
         self.revisions.retain(|r, _| *r > revision);
-        self.commands.retain(|_, (at, _)| *at > seq);
-        self.evicted.retain(|_, at| *at > seq);
-        self.evicted_seqs.retain(|_, at| *at > seq);
-        for ws in written {
-            if let Some(r) = ws.record {
-                if self.order.get(&r.seq) == Some(&r.id) && r.seq <= seq {
-                    self.order.remove(&r.seq);
-                }
-            }
-        }
     }
 
     /// The latest pending version of `key` at or below `revision`.
@@ -181,21 +159,6 @@ impl Pending {
             .take_while(|(key, _)| in_range(key))
             .filter_map(|(key, _)| self.version_at(key, revision))
             .collect()
-    }
-
-    /// `Some` when the pending sets decide what sled would answer for `id`.
-    fn command(&self, id: &CommandId) -> Option<Option<Outcome>> {
-        if let Some((_, outcome)) = self.commands.get(id) {
-            return Some(Some(*outcome));
-        }
-        self.evicted.contains_key(id).then_some(None)
-    }
-
-    fn command_at_seq(&self, seq: u64) -> Option<Option<CommandId>> {
-        if let Some(id) = self.order.get(&seq) {
-            return Some(Some(*id));
-        }
-        self.evicted_seqs.contains_key(&seq).then_some(None)
     }
 }
 
@@ -223,8 +186,7 @@ struct Trees {
     db: sled::Db,
     entries: sled::Tree,
     revisions: sled::Tree,
-    commands: sled::Tree,
-    command_order: sled::Tree,
+    command_log: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -239,6 +201,8 @@ pub struct SledKeyValueStorage {
     prune: RwLock<()>,
     writer: Mutex<()>,
     window: u64,
+    /// The command window (sled holds it in `command_log` blocks).
+    commands: RwLock<CommandWindow>,
     write_behind: usize,
     wb: Arc<WriteBehind>,
     /// Wakes the write-out thread (a full channel means it is already woken).
@@ -255,6 +219,10 @@ struct WriteBehind {
     pending: RwLock<Pending>,
     /// Serializes write-outs (and a restore against one).
     writing: Mutex<()>,
+    /// The `command_log` blocks in sled: first sequence number -> last.
+    blocks: Mutex<BTreeMap<u64, u64>>,
+    /// The command window's size.
+    window: u64,
 }
 
 impl WriteBehind {
@@ -266,7 +234,7 @@ impl WriteBehind {
         if sets.is_empty() {
             return Ok(());
         }
-        if let Err(e) = transact(&self.trees, &self.path, &sets) {
+        if let Err(e) = self.transact(&sets) {
             // still readable from the indexes; the next write-out tries again
             let mut pending = self.pending.write();
             let newer = std::mem::replace(&mut pending.sets, sets);
@@ -351,8 +319,7 @@ impl SledKeyValueStorage {
             db: db.clone(),
             entries: tree(tree_name::ENTRIES)?,
             revisions: tree(tree_name::REVISIONS)?,
-            commands: tree(tree_name::COMMANDS)?,
-            command_order: tree(tree_name::COMMAND_ORDER)?,
+            command_log: tree(tree_name::COMMAND_LOG)?,
             meta: tree(tree_name::META)?,
         };
         let trees_copy = trees.clone();
@@ -365,12 +332,15 @@ impl SledKeyValueStorage {
             prune: RwLock::new(()),
             writer: Mutex::new(()),
             window,
+            commands: RwLock::new(CommandWindow::default()),
             write_behind: write_behind.max(1),
             wb: Arc::new(WriteBehind {
                 trees: trees_copy,
                 path: path_copy,
                 pending: RwLock::new(Pending::default()),
                 writing: Mutex::new(()),
+                blocks: Mutex::new(BTreeMap::new()),
+                window,
             }),
             wake: Mutex::new(None),
             thread: Mutex::new(None),
@@ -406,6 +376,7 @@ impl SledKeyValueStorage {
                 self.call(|| m.insert(meta_key::FORMAT, FORMAT))?;
             }
             Some(f) if f == FORMAT => {}
+            Some(f) if f == FORMAT_1 => self.convert_format_1()?,
             Some(f) => {
                 return Err(self.corrupt(format!("unknown format {}", String::from_utf8_lossy(&f))))
             }
@@ -430,11 +401,94 @@ impl SledKeyValueStorage {
             command_seq: self.read_u64(meta_key::COMMAND_SEQ)?,
         };
         *self.meta.write() = meta;
+        self.load_command_window(meta.command_seq)?;
         if self.read_u64(meta_key::PRUNED)? < meta.compacted {
             tracing::info!(path = %self.path.display(), compacted = meta.compacted, "finishing an interrupted compaction");
             self.prune_to(meta.compacted)?;
         }
         tracing::debug!(path = %self.path.display(), revision = meta.revision, last_applied = ?meta.last_applied, "metastorage database opened");
+        Ok(())
+    }
+
+    /// Moves format 1's command window (two trees) into `command_log` blocks, all or
+    /// nothing, and marks the database format 2.
+    fn convert_format_1(&self) -> Result<()> {
+        let db = &self.db;
+        let (commands, order) = (
+            self.call(|| db.open_tree(tree_name::FORMAT_1_COMMANDS))?,
+            self.call(|| db.open_tree(tree_name::FORMAT_1_COMMAND_ORDER))?,
+        );
+        let mut records = Vec::new();
+        let mut removed_order = Vec::new();
+        for item in order.iter() {
+            let (k, v) = self.call(|| item)?;
+            let seq = k
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| self.corrupt("a command sequence number is not 8 bytes"))?;
+            let id = CommandId::from_bytes(&v)
+                .ok_or_else(|| self.corrupt("a command id is not 24 bytes"))?;
+            let stored = self
+                .call(|| commands.get(id.to_bytes()))?
+                .ok_or_else(|| self.corrupt(format!("command record {seq} is missing")))?;
+            let (_, outcome) = postcard::from_bytes::<(u64, Outcome)>(&stored)
+                .map_err(|e| self.corrupt(format!("command record does not decode: {e}")))?;
+            records.push(CommandRecord { seq, id, outcome });
+            removed_order.push((k.to_vec(), None));
+        }
+        let mut removed_commands = Vec::new();
+        for item in commands.iter() {
+            let (k, _) = self.call(|| item)?;
+            removed_commands.push((k.to_vec(), None));
+        }
+        let blocks = encode_blocks(&records)?
+            .into_iter()
+            .map(|(first, _, block)| (first.to_be_bytes().to_vec(), Some(block)))
+            .collect();
+        let redo = vault::redo::Redo {
+            trees: vec![
+                (tree_name::COMMAND_LOG.to_owned(), blocks),
+                (tree_name::FORMAT_1_COMMANDS.to_owned(), removed_commands),
+                (tree_name::FORMAT_1_COMMAND_ORDER.to_owned(), removed_order),
+                (
+                    tree_name::META.to_owned(),
+                    vec![(meta_key::FORMAT.to_vec(), Some(FORMAT.to_vec()))],
+                ),
+            ],
+        };
+        guarded(&self.path, || vault::redo::write(db, &redo))?;
+        for name in [
+            tree_name::FORMAT_1_COMMANDS,
+            tree_name::FORMAT_1_COMMAND_ORDER,
+        ] {
+            self.call(|| db.drop_tree(name).map(drop))?;
+        }
+        tracing::info!(path = %self.path.display(), commands = records.len(), "metastorage database converted to format 2");
+        Ok(())
+    }
+
+    /// Reads the command window (the records after `command_seq - window`) from the
+    /// `command_log` blocks.
+    fn load_command_window(&self, command_seq: u64) -> Result<()> {
+        let low = command_seq.saturating_sub(self.window.max(1));
+        let mut records = Vec::new();
+        let mut blocks = BTreeMap::new();
+        for item in self.trees.command_log.iter() {
+            let (k, v) = self.call(|| item)?;
+            let first = k
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| self.corrupt("a command block key is not 8 bytes"))?;
+            let block: Vec<CommandRecord> = postcard::from_bytes(&v)
+                .map_err(|e| self.corrupt(format!("command block {first} does not decode: {e}")))?;
+            let last = block.last().map_or(first, |r| r.seq);
+            blocks.insert(first, last);
+            records.extend(block.into_iter().filter(|r| r.seq > low));
+        }
+        *self.commands.write() = CommandWindow::of(records);
+        *self.wb.blocks.lock() = blocks;
         Ok(())
     }
 
@@ -452,9 +506,11 @@ impl SledKeyValueStorage {
 
     fn clear_all(&self) -> Result<()> {
         let t = &self.trees;
-        for tree in [&t.entries, &t.revisions, &t.commands, &t.command_order] {
+        for tree in [&t.entries, &t.revisions, &t.command_log] {
             self.call(|| tree.clear())?;
         }
+        *self.commands.write() = CommandWindow::default();
+        self.wb.blocks.lock().clear();
         for key in [
             meta_key::REVISION,
             meta_key::COMPACTED,
@@ -605,71 +661,100 @@ fn encode_write_set(ws: &WriteSet) -> Result<EncodedWriteSet> {
         let keys: Vec<&[u8]> = ws.entries.iter().map(|e| e.key.as_slice()).collect();
         Some(postcard::to_allocvec(&keys).map_err(|e| Error::encode("revision index", e))?)
     };
-    let record = ws
-        .record
-        .map(|r| {
-            postcard::to_allocvec(&(r.seq, r.outcome))
-                .map(|v| (r, v))
-                .map_err(|e| Error::encode("command record", e))
-        })
-        .transpose()?;
     Ok(EncodedWriteSet {
         revision: ws.meta.revision,
         rows,
         index,
-        record,
-        evict: ws.evict,
     })
 }
 
-/// Write `sets` in order and the counters of the last one all or nothing, through
-/// [`vault::redo`] (not a sled transaction: sled 0.34 commits those under one process-wide
-/// lock that stops every sled read in the process, the applies' among them). Publishing the
-/// counters is the caller's.
-fn transact(t: &Trees, path: &Path, sets: &[WriteSet]) -> Result<()> {
-    let Some(m) = sets.last().map(|ws| ws.meta) else {
-        return Ok(());
-    };
-    let encoded = sets
-        .iter()
-        .map(encode_write_set)
-        .collect::<Result<Vec<_>>>()?;
-    let (mut entries, mut revisions, mut commands, mut order, mut meta) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for ws in encoded {
-        for (k, v) in ws.rows {
-            entries.push((k, Some(v)));
+/// Records per `command_log` block written by a restore or a format conversion (a
+/// write-out writes its records as one block).
+const BLOCK_RECORDS: usize = 256;
+
+/// `records` as `command_log` blocks of at most [`BLOCK_RECORDS`]: (first sequence
+/// number, last, encoded block).
+fn encode_blocks(records: &[CommandRecord]) -> Result<Vec<(u64, u64, Vec<u8>)>> {
+    records
+        .chunks(BLOCK_RECORDS)
+        .map(|chunk| {
+            let value =
+                postcard::to_allocvec(chunk).map_err(|e| Error::encode("command block", e))?;
+            Ok((chunk[0].seq, chunk[chunk.len() - 1].seq, value))
+        })
+        .collect()
+}
+
+impl WriteBehind {
+    /// Write `sets` in order and the counters of the last one all or nothing, through
+    /// [`vault::redo`] (not a sled transaction: sled 0.34 commits those under one
+    /// process-wide lock that stops every sled read in the process, the applies' among
+    /// them): their versions, revision indexes, their command records as one block, and the
+    /// removal of the blocks that fell out of the window. Publishing the counters is the
+    /// caller's.
+    fn transact(&self, sets: &[WriteSet]) -> Result<()> {
+        let Some(m) = sets.last().map(|ws| ws.meta) else {
+            return Ok(());
+        };
+        let encoded = sets
+            .iter()
+            .map(encode_write_set)
+            .collect::<Result<Vec<_>>>()?;
+        let (mut entries, mut revisions, mut meta) = (Vec::new(), Vec::new(), Vec::new());
+        for ws in encoded {
+            for (k, v) in ws.rows {
+                entries.push((k, Some(v)));
+            }
+            if let Some(index) = ws.index {
+                revisions.push((ws.revision.to_be_bytes().to_vec(), Some(index)));
+            }
         }
-        if let Some(index) = ws.index {
-            revisions.push((ws.revision.to_be_bytes().to_vec(), Some(index)));
+        let records: Vec<CommandRecord> = sets.iter().filter_map(|ws| ws.record).collect();
+        let mut blocks = self.blocks.lock();
+        let low = m.command_seq.saturating_sub(self.window.max(1));
+        let gone: Vec<u64> = blocks
+            .iter()
+            .filter(|(_, last)| **last <= low)
+            .map(|(first, _)| *first)
+            .collect();
+        let mut log = Vec::with_capacity(gone.len() + 1);
+        for first in &gone {
+            log.push((first.to_be_bytes().to_vec(), None));
         }
-        if let Some((r, v)) = ws.record {
-            commands.push((r.id.to_bytes().to_vec(), Some(v)));
-            order.push((r.seq.to_be_bytes().to_vec(), Some(r.id.to_bytes().to_vec())));
+        let block = match (records.first(), records.last()) {
+            (Some(first), Some(last)) => {
+                let value = postcard::to_allocvec(&records)
+                    .map_err(|e| Error::encode("command block", e))?;
+                log.push((first.seq.to_be_bytes().to_vec(), Some(value)));
+                Some((first.seq, last.seq))
+            }
+            _ => None,
+        };
+        let counter = |key: &[u8], value: u64| (key.to_vec(), Some(value.to_be_bytes().to_vec()));
+        meta.push(counter(meta_key::REVISION, m.revision));
+        meta.push(counter(meta_key::COMPACTED, m.compacted));
+        meta.push(counter(meta_key::UPDATE_COUNTER, m.update_counter));
+        meta.push(counter(meta_key::COMMAND_SEQ, m.command_seq));
+        if let Some(p) = m.last_applied {
+            meta.push((meta_key::LAST_APPLIED.to_vec(), Some(p.to_bytes().to_vec())));
         }
-        if let Some((seq, id)) = ws.evict {
-            order.push((seq.to_be_bytes().to_vec(), None));
-            commands.push((id.to_bytes().to_vec(), None));
+        let redo = vault::redo::Redo {
+            trees: vec![
+                (tree_name::ENTRIES.to_owned(), entries),
+                (tree_name::REVISIONS.to_owned(), revisions),
+                (tree_name::COMMAND_LOG.to_owned(), log),
+                (tree_name::META.to_owned(), meta),
+            ],
+        };
+        guarded(&self.path, || vault::redo::write(&self.trees.db, &redo))?;
+        for first in gone {
+            blocks.remove(&first);
         }
+        if let Some((first, last)) = block {
+            blocks.insert(first, last);
+        }
+        Ok(())
     }
-    let counter = |key: &[u8], value: u64| (key.to_vec(), Some(value.to_be_bytes().to_vec()));
-    meta.push(counter(meta_key::REVISION, m.revision));
-    meta.push(counter(meta_key::COMPACTED, m.compacted));
-    meta.push(counter(meta_key::UPDATE_COUNTER, m.update_counter));
-    meta.push(counter(meta_key::COMMAND_SEQ, m.command_seq));
-    if let Some(p) = m.last_applied {
-        meta.push((meta_key::LAST_APPLIED.to_vec(), Some(p.to_bytes().to_vec())));
-    }
-    let redo = vault::redo::Redo {
-        trees: vec![
-            (tree_name::ENTRIES.to_owned(), entries),
-            (tree_name::REVISIONS.to_owned(), revisions),
-            (tree_name::COMMANDS.to_owned(), commands),
-            (tree_name::COMMAND_ORDER.to_owned(), order),
-            (tree_name::META.to_owned(), meta),
-        ],
-    };
-    guarded(path, || vault::redo::write(&t.db, &redo))
 }
 
 /// `key` with `0x00` escaped as `0x00 0xff`, then the terminator `0x00 0x01`.
@@ -810,29 +895,11 @@ impl Backend for SledKeyValueStorage {
     }
 
     fn command(&self, id: &CommandId) -> Result<Option<Outcome>> {
-        let pending = self.wb.pending.read();
-        if let Some(decided) = pending.command(id) {
-            return Ok(decided);
-        }
-        match self.call(|| self.trees.commands.get(id.to_bytes()))? {
-            None => Ok(None),
-            Some(b) => postcard::from_bytes::<(u64, Outcome)>(&b)
-                .map(|(_, o)| Some(o))
-                .map_err(|e| self.corrupt(format!("command record does not decode: {e}"))),
-        }
+        Ok(self.commands.read().outcome(id))
     }
 
     fn command_at_seq(&self, seq: u64) -> Result<Option<CommandId>> {
-        let pending = self.wb.pending.read();
-        if let Some(decided) = pending.command_at_seq(seq) {
-            return Ok(decided);
-        }
-        match self.call(|| self.trees.command_order.get(seq.to_be_bytes()))? {
-            None => Ok(None),
-            Some(b) => CommandId::from_bytes(&b)
-                .map(Some)
-                .ok_or_else(|| self.corrupt("a command id is not 24 bytes")),
-        }
+        Ok(self.commands.read().id_at(seq))
     }
 
     fn commit(&self, ws: WriteSet) -> Result<()> {
@@ -844,8 +911,9 @@ impl Backend for SledKeyValueStorage {
         let m = ws.meta;
         {
             let _writing = self.wb.writing.lock();
-            transact(&self.trees, &self.path, std::slice::from_ref(&ws))?;
+            self.wb.transact(std::slice::from_ref(&ws))?;
         }
+        self.commands.write().apply(&ws);
         {
             let _exclusive = self.prune.write();
             *self.meta.write() = m;
@@ -862,7 +930,9 @@ impl Backend for SledKeyValueStorage {
         };
         let gathered = {
             let mut pending = self.wb.pending.write();
+            let mut commands = self.commands.write();
             for ws in sets {
+                commands.apply(&ws);
                 pending.absorb(ws);
             }
             pending.sets.len()
@@ -888,21 +958,7 @@ impl Backend for SledKeyValueStorage {
             let (k, v) = self.call(|| item)?;
             entries.push(self.decode_entry(&k, &v)?);
         }
-        let mut commands = Vec::new();
-        for item in self.trees.command_order.iter() {
-            let (k, v) = self.call(|| item)?;
-            let seq = k
-                .as_ref()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| self.corrupt("a command sequence number is not 8 bytes"))?;
-            let id = CommandId::from_bytes(&v)
-                .ok_or_else(|| self.corrupt("a command id is not 24 bytes"))?;
-            let outcome = self
-                .command(&id)?
-                .ok_or_else(|| self.corrupt(format!("command record {seq} is missing")))?;
-            commands.push(CommandRecord { seq, id, outcome });
-        }
+        let commands = self.commands.read().records();
         Ok(StorageSnapshot {
             revision: m.revision,
             compacted: m.compacted,
@@ -946,15 +1002,13 @@ impl Backend for SledKeyValueStorage {
             batch.insert(&rev.to_be_bytes(), v);
         }
         self.call(|| t.revisions.apply_batch(batch))?;
-        let (mut commands, mut order) = (sled::Batch::default(), sled::Batch::default());
-        for r in &snapshot.commands {
-            let v = postcard::to_allocvec(&(r.seq, r.outcome))
-                .map_err(|e| Error::encode("command record", e))?;
-            commands.insert(&r.id.to_bytes(), v);
-            order.insert(&r.seq.to_be_bytes(), &r.id.to_bytes());
+        let mut log = sled::Batch::default();
+        let mut blocks = BTreeMap::new();
+        for (first, last, block) in encode_blocks(&snapshot.commands)? {
+            log.insert(&first.to_be_bytes(), block);
+            blocks.insert(first, last);
         }
-        self.call(|| t.commands.apply_batch(commands))?;
-        self.call(|| t.command_order.apply_batch(order))?;
+        self.call(|| t.command_log.apply_batch(log))?;
         let m = Meta::of(&snapshot);
         let mut batch = sled::Batch::default();
         batch.insert(meta_key::REVISION, &m.revision.to_be_bytes());
@@ -968,6 +1022,8 @@ impl Backend for SledKeyValueStorage {
         batch.remove(meta_key::RESTORING);
         self.call(|| t.meta.apply_batch(batch))?;
         self.call(|| self.db.flush().map(drop))?;
+        *self.wb.blocks.lock() = blocks;
+        *self.commands.write() = CommandWindow::of(snapshot.commands);
         *self.meta.write() = m;
         Ok(())
     }

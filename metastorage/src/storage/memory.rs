@@ -2,16 +2,13 @@
 //!
 //! Each key keeps its history as a sorted vector of versions; one read-write lock over the
 //! whole state makes every commit atomic for readers.
-use std::{
-    collections::{BTreeMap, HashMap},
-    ops::Bound,
-};
+use std::{collections::BTreeMap, ops::Bound};
 
 use parking_lot::{Mutex, RwLock};
 
 use super::{
-    mvcc::{self, check_compacted, impl_key_value_storage, Backend, Meta, WriteSet},
-    CommandRecord, StorageSnapshot, DEFAULT_COMMAND_WINDOW,
+    mvcc::{self, check_compacted, impl_key_value_storage, Backend, CommandWindow, Meta, WriteSet},
+    StorageSnapshot, DEFAULT_COMMAND_WINDOW,
 };
 use crate::{
     command::{CommandId, Outcome},
@@ -26,8 +23,7 @@ struct State {
     keys: BTreeMap<Vec<u8>, Vec<Entry>>,
     /// revision -> keys it wrote (key order)
     revisions: BTreeMap<u64, Vec<Vec<u8>>>,
-    commands: HashMap<CommandId, (u64, Outcome)>,
-    command_order: BTreeMap<u64, CommandId>,
+    commands: CommandWindow,
 }
 
 impl State {
@@ -133,29 +129,22 @@ impl Backend for MemoryKeyValueStorage {
     }
 
     fn command(&self, id: &CommandId) -> Result<Option<Outcome>> {
-        Ok(self.state.read().commands.get(id).map(|(_, o)| *o))
+        Ok(self.state.read().commands.outcome(id))
     }
 
     fn command_at_seq(&self, seq: u64) -> Result<Option<CommandId>> {
-        Ok(self.state.read().command_order.get(&seq).copied())
+        Ok(self.state.read().commands.id_at(seq))
     }
 
     fn commit(&self, ws: WriteSet) -> Result<()> {
         let mut s = self.state.write();
+        s.commands.apply(&ws);
         if !ws.entries.is_empty() {
             let keys = ws.entries.iter().map(|e| e.key.clone()).collect();
             s.revisions.insert(ws.meta.revision, keys);
             for e in ws.entries {
                 s.keys.entry(e.key.clone()).or_default().push(e);
             }
-        }
-        if let Some(CommandRecord { seq, id, outcome }) = ws.record {
-            s.commands.insert(id, (seq, outcome));
-            s.command_order.insert(seq, id);
-        }
-        if let Some((seq, id)) = ws.evict {
-            s.command_order.remove(&seq);
-            s.commands.remove(&id);
         }
         if ws.compact {
             let compacted = ws.meta.compacted;
@@ -180,18 +169,7 @@ impl Backend for MemoryKeyValueStorage {
             last_applied: meta.last_applied,
             command_seq: meta.command_seq,
             entries: s.keys.values().flatten().cloned().collect(),
-            commands: s
-                .command_order
-                .iter()
-                .filter_map(|(&seq, id)| {
-                    let (_, outcome) = s.commands.get(id)?;
-                    Some(CommandRecord {
-                        seq,
-                        id: *id,
-                        outcome: *outcome,
-                    })
-                })
-                .collect(),
+            commands: s.commands.records(),
         })
     }
 
@@ -213,10 +191,7 @@ impl Backend for MemoryKeyValueStorage {
         for keys in fresh.revisions.values_mut() {
             keys.sort();
         }
-        for r in snapshot.commands {
-            fresh.commands.insert(r.id, (r.seq, r.outcome));
-            fresh.command_order.insert(r.seq, r.id);
-        }
+        fresh.commands = CommandWindow::of(snapshot.commands);
         *self.state.write() = fresh;
         Ok(())
     }

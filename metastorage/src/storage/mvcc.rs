@@ -49,6 +49,66 @@ pub(crate) struct WriteSet {
     pub(crate) compact: bool,
 }
 
+/// The remembered command ids (the last `window` of them): both storages keep the whole
+/// window in memory, so the idempotency check of every command is a hash lookup.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct CommandWindow {
+    by_id: HashMap<CommandId, (u64, Outcome)>,
+    by_seq: BTreeMap<u64, CommandId>,
+}
+
+impl CommandWindow {
+    /// A window holding `records`.
+    pub(crate) fn of(records: impl IntoIterator<Item = CommandRecord>) -> Self {
+        let mut window = Self::default();
+        for r in records {
+            window.remember(r);
+        }
+        window
+    }
+
+    fn remember(&mut self, r: CommandRecord) {
+        self.by_id.insert(r.id, (r.seq, r.outcome));
+        self.by_seq.insert(r.seq, r.id);
+    }
+
+    /// Remembers what `ws` records and forgets what it evicts.
+    pub(crate) fn apply(&mut self, ws: &WriteSet) {
+        if let Some(r) = ws.record {
+            self.remember(r);
+        }
+        if let Some((seq, id)) = ws.evict {
+            self.by_seq.remove(&seq);
+            self.by_id.remove(&id);
+        }
+    }
+
+    /// The outcome `id` got, when it is remembered.
+    pub(crate) fn outcome(&self, id: &CommandId) -> Option<Outcome> {
+        self.by_id.get(id).map(|(_, o)| *o)
+    }
+
+    /// The id remembered with sequence number `seq`.
+    pub(crate) fn id_at(&self, seq: u64) -> Option<CommandId> {
+        self.by_seq.get(&seq).copied()
+    }
+
+    /// Every remembered record, oldest first.
+    pub(crate) fn records(&self) -> Vec<CommandRecord> {
+        self.by_seq
+            .iter()
+            .filter_map(|(&seq, id)| {
+                let (_, outcome) = self.by_id.get(id)?;
+                Some(CommandRecord {
+                    seq,
+                    id: *id,
+                    outcome: *outcome,
+                })
+            })
+            .collect()
+    }
+}
+
 /// The physical side of a storage.
 pub(crate) trait Backend {
     /// Serialises writers (apply, snapshot, restore).

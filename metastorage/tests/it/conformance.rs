@@ -325,3 +325,151 @@ fn sled_refuses_a_corrupt_write_out_record_by_path() {
         "{e}"
     );
 }
+
+/// Applies commands `seqs` (ids of one client) that each put key `k`.
+fn apply_ids(s: &dyn KeyValueStorage, seqs: impl IntoIterator<Item = u64>) -> Vec<Outcome> {
+    seqs.into_iter()
+        .map(|seq| {
+            let ctx = ApplyContext {
+                id: Some(CommandId::new(uuid::Uuid::from_u128(8), seq)),
+                position: None,
+            };
+            s.apply(&CommandOp::put("k", format!("{seq}")), &ctx)
+                .expect("apply")
+        })
+        .collect()
+}
+
+/// The `command_log` blocks the sled database at `path` holds.
+fn command_blocks(path: &std::path::Path) -> Vec<Vec<metastorage::CommandRecord>> {
+    raw_trees(path)
+        .into_iter()
+        .filter(|(name, _)| name == "command_log")
+        .flat_map(|(_, items)| items)
+        .map(|(_, v)| postcard::from_bytes(&v).expect("block decodes"))
+        .collect()
+}
+
+/// The command window outlives write-outs and reopens exactly (the memory storage is the
+/// reference), and blocks whose ids all left the window are removed from disk.
+#[test]
+fn sled_command_window_survives_write_outs_and_reopen() {
+    const WINDOW: u64 = 5;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let reference = MemoryKeyValueStorage::with_command_window(WINDOW);
+    apply_ids(&reference, 1..=40);
+    {
+        // a write-out after every command: one block each
+        let s = SledKeyValueStorage::open_with(dir.path(), WINDOW, 1).expect("open");
+        apply_ids(&s, 1..=40);
+        s.flush().expect("flush");
+        assert_eq!(
+            s.snapshot().expect("snapshot").commands,
+            reference.snapshot().expect("snapshot").commands
+        );
+    }
+    let blocks = command_blocks(dir.path());
+    assert!(
+        blocks.len() <= WINDOW as usize + 1,
+        "old blocks are removed: {} left",
+        blocks.len()
+    );
+    assert!(blocks.iter().flatten().any(|r| r.id.seq == 40));
+    let s = SledKeyValueStorage::open_with(dir.path(), WINDOW, 1).expect("reopen");
+    let want = reference.snapshot().expect("snapshot");
+    assert_eq!(s.snapshot().expect("snapshot").commands, want.commands);
+    // ids in the window answer their first outcome, older ones apply anew
+    let revision = s.revision();
+    assert_eq!(apply_ids(&s, [40, 36]), apply_ids(&reference, [40, 36]));
+    assert_eq!(
+        s.revision(),
+        revision,
+        "retries within the window are not applied"
+    );
+    apply_ids(&s, [35]);
+    apply_ids(&reference, [35]);
+    assert_eq!(
+        s.revision(),
+        revision + 1,
+        "an id outside the window is applied"
+    );
+    assert_eq!(
+        s.snapshot().expect("snapshot"),
+        reference.snapshot().expect("snapshot")
+    );
+}
+
+/// A format 1 database (the window in two trees, by id and by sequence number) opens as
+/// format 2 with the same window, the old trees gone.
+#[test]
+fn sled_converts_a_format_1_database_and_keeps_its_command_ids() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let before = {
+        let s = SledKeyValueStorage::open(dir.path()).expect("open");
+        apply_ids(&s, 1..=300);
+        s.flush().expect("flush");
+        s.snapshot().expect("snapshot")
+    };
+    {
+        // rewrite the window the way format 1 kept it
+        let db = sled::open(dir.path()).expect("raw sled");
+        let (commands, order) = (
+            db.open_tree("commands").expect("tree"),
+            db.open_tree("command_order").expect("tree"),
+        );
+        for r in &before.commands {
+            let mut id = r.id.client.as_bytes().to_vec();
+            id.extend_from_slice(&r.id.seq.to_be_bytes());
+            let value = postcard::to_allocvec(&(r.seq, r.outcome)).expect("encode");
+            commands.insert(&id, value).expect("insert");
+            order.insert(r.seq.to_be_bytes(), id).expect("insert");
+        }
+        db.drop_tree("command_log").expect("drop");
+        db.open_tree("meta")
+            .expect("tree")
+            .insert("format", "1")
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    {
+        let s = SledKeyValueStorage::open(dir.path()).expect("open format 1");
+        assert_eq!(s.snapshot().expect("snapshot"), before);
+        let revision = s.revision();
+        apply_ids(&s, [1, 300]);
+        assert_eq!(s.revision(), revision, "converted ids are remembered");
+    }
+    let names: Vec<String> = raw_trees(dir.path()).into_iter().map(|(n, _)| n).collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n == "commands" || n == "command_order"),
+        "{names:?}"
+    );
+    let blocks = command_blocks(dir.path());
+    assert_eq!(blocks.iter().map(Vec::len).sum::<usize>(), 300);
+}
+
+#[test]
+fn sled_refuses_a_command_block_that_does_not_decode_by_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let s = SledKeyValueStorage::open(dir.path()).expect("open");
+        apply_ids(&s, 1..=3);
+    }
+    {
+        let db = sled::open(dir.path()).expect("raw sled");
+        db.open_tree("command_log")
+            .expect("tree")
+            .insert(7u64.to_be_bytes(), &[0xff, 0xff, 0xff][..])
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    let Err(e) = SledKeyValueStorage::open(dir.path()) else {
+        panic!("a command block that does not decode must be refused");
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains(&dir.path().display().to_string()) && e.contains("command block 7"),
+        "{e}"
+    );
+}
