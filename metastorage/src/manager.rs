@@ -852,8 +852,16 @@ impl MetaStorageManager {
     }
 }
 
+/// The shortest time between two records of the delivered watch revision: the revisions
+/// delivered meanwhile go into the next record, so a busy cluster costs the vault a hundred
+/// durable writes a second, not one per revision.
+const WATCH_REVISION_RECORD_GAP: Duration = Duration::from_millis(10);
+
 /// Follows the watch delivery and records the delivered revision in the vault, so a
-/// restart resumes right after it.
+/// restart resumes right after it. The record may lag delivery by up to
+/// [`WATCH_REVISION_RECORD_GAP`] and one vault write; stop records the final revision. After
+/// a crash a restart may deliver the revisions of that lag again: its components rebuild
+/// their state at the recorded revision, so they see each change once relative to it.
 async fn persist_watch_revision(
     vault: Arc<VaultManager>,
     processor: Arc<WatchProcessor>,
@@ -888,6 +896,10 @@ async fn persist_watch_revision(
                 Err(vault::Error::Stopping(_)) => return Ok(()),
                 Err(e) => return Err(e.into()),
             }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(WATCH_REVISION_RECORD_GAP) => {}
         }
     }
 }

@@ -321,6 +321,20 @@ impl VaultStorage for SledVaultStorage {
         if batch.is_empty() {
             return Ok(());
         }
+        if let [entry] = batch {
+            // one key is atomic without a batch, and a plain insert does not take sled
+            // 0.34's process-wide lock that `apply_batch` takes exclusively (it stops every
+            // sled read in the process meanwhile)
+            self.call(|db| {
+                match &entry.value {
+                    Some(value) => db.insert(entry.key.as_slice(), value.as_slice())?,
+                    None => db.remove(entry.key.as_slice())?,
+                };
+                db.flush()?;
+                Ok(())
+            })?;
+            return self.sync.sync(&self.path);
+        }
         let mut b = sled::Batch::default();
         for entry in batch {
             match &entry.value {
