@@ -242,10 +242,65 @@ pub fn write_cut_short(db: &sled::Db, redo: &Redo, applied: usize) -> sled::Resu
     Ok(())
 }
 
+/// How much lower than the threads that serve requests a write-out thread runs (nice).
+pub const WRITE_OUT_NICENESS: i32 = 10;
+
+/// Lowers the calling thread's CPU priority by [`WRITE_OUT_NICENESS`], for threads that
+/// write memory-held state out in the background: with few cores, a write-out that runs as
+/// long as a request's round trip otherwise delays the requests it shares a core with (on
+/// Linux; elsewhere nothing changes). Returns whether the priority changed.
+pub fn lower_thread_priority() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // setpriority(2) on a thread id changes that thread only; the arguments are plain
+        // integers and the call has no other effect
+        #[allow(unsafe_code)]
+        let rc = unsafe {
+            libc::setpriority(
+                libc::PRIO_PROCESS,
+                libc::gettid() as libc::id_t,
+                WRITE_OUT_NICENESS,
+            )
+        };
+        // and its disk writes queue behind the others' (ioprio_set(2): best effort, lowest)
+        #[allow(unsafe_code)]
+        let io = unsafe {
+            libc::syscall(
+                libc::SYS_ioprio_set,
+                1, // IOPRIO_WHO_PROCESS: a thread id
+                libc::gettid(),
+                (2 << 13) | 7, // IOPRIO_CLASS_BE, level 7
+            )
+        };
+        rc == 0 && io == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_write_out_thread_runs_at_lower_priority_and_only_it() {
+        #[allow(unsafe_code)]
+        fn niceness() -> i32 {
+            // getpriority(2) of the calling thread; plain integers in, one integer out
+            unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+        }
+        let before = niceness();
+        let (changed, after) = std::thread::spawn(move || (lower_thread_priority(), niceness()))
+            .join()
+            .unwrap();
+        assert!(changed);
+        assert_eq!(after, (before + WRITE_OUT_NICENESS).min(19));
+        assert_eq!(niceness(), before, "the calling thread only");
+    }
 
     fn db() -> (tempfile::TempDir, sled::Db) {
         let dir = tempfile::tempdir().unwrap();

@@ -593,6 +593,7 @@ impl SledKeyValueStorage {
         let thread = std::thread::Builder::new()
             .name("metastorage-write-out".into())
             .spawn(move || {
+                vault::redo::lower_thread_priority();
                 while rx.recv().is_ok() {
                     if let Err(e) = wb.write_out() {
                         tracing::error!(path = %wb.path.display(), error = %e, "metastorage write-out failed");

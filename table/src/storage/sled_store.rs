@@ -637,7 +637,10 @@ impl PartitionStorageProvider for SledPartitionProvider {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("partition-write-out".into())
-                .spawn(move || run_writer(&shared, &woken))
+                .spawn(move || {
+                    vault::redo::lower_thread_priority();
+                    run_writer(&shared, &woken)
+                })
                 .map_err(|source| Error::Io {
                     path: self.path.clone(),
                     source,
