@@ -7,7 +7,7 @@
 //! each with the same `etcd-client` load generator: 16-byte keys, 100-byte values, 1 and 64
 //! requests in flight for a fixed time per cell. It measures puts/s, linearizable and
 //! serializable gets/s with p50/p99, watch latency (put through one member, event on a watch
-//! on another), start-to-ready (spawn to first successful put), restart-to-serving of one node
+//! on another), start-to-ready (spawn until every member accepted a put), restart-to-serving of one node
 //! holding 100,000 keys (kill -9, respawn, first successful get) and failover (kill -9 of the
 //! leader, found by Maintenance Status, to the next accepted write). It prints one table:
 //! metric, etcd, ignite, and the ratio (ignite/etcd for throughput, etcd/ignite for latency
@@ -529,7 +529,7 @@ fn loopback(port: u16) -> SocketAddr {
 }
 
 impl Cluster {
-    /// Starts `size` members and waits for the first successful put: (cluster, spawn-to-ready).
+    /// Starts `size` members and waits until each accepts a put: (cluster, spawn-to-ready).
     async fn start(bench: &Bench, system: System, size: usize) -> anyhow::Result<(Self, Duration)> {
         let root = bench.dir.join(format!("{}-{size}", system.name()));
         fs::create_dir_all(&root)
@@ -628,13 +628,16 @@ impl Cluster {
         if system == System::Ignite && size > 1 {
             cluster.init_ignite().await?;
         }
-        let endpoints = cluster.endpoints();
-        cluster
-            .until_ready(&endpoints, |mut client| async move {
-                client.put(key("x", 0), value(0), None).await.map(|_| ())
-            })
-            .await
-            .context("first put")?;
+        // ready: EVERY member accepts a put through a client of its own (a client of all
+        // endpoints may reach a member that serves while another still starts)
+        for endpoint in cluster.endpoints() {
+            cluster
+                .until_ready(std::slice::from_ref(&endpoint), |mut client| async move {
+                    client.put(key("x", 0), value(0), None).await.map(|_| ())
+                })
+                .await
+                .with_context(|| format!("first put on {endpoint}"))?;
+        }
         let ready = began.elapsed();
         println!(
             "  {} {size}-node ready in {:.0} ms",

@@ -14,7 +14,8 @@
 //!
 //! Write-behind: committed write sets are first kept in memory ([`Pending`], read through
 //! together with sled) and written to sled all or nothing over all trees by a write-out
-//! thread once `WRITE_BEHIND_SETS` of them have gathered (applies go on meanwhile; a commit
+//! thread (at lower CPU and IO priority than the threads serving requests) once
+//! `WRITE_BEHIND_SETS` of them have gathered (applies go on meanwhile; a commit
 //! writes out itself when the backlog reaches eight times that), and before a snapshot or
 //! compaction, on `flush` and on close. The write-out goes through [`vault::redo`] (a
 //! flushed redo record, then plain inserts), not a sled transaction: sled 0.34 commits
