@@ -28,6 +28,7 @@ mod group;
 mod log_store;
 mod manager;
 mod rpc;
+mod snapshot_file;
 mod state_machine;
 mod storage;
 pub mod testing;

@@ -409,12 +409,14 @@ fn disk_storage(dir: &std::path::Path) -> Arc<dyn LogStorageProvider> {
         tracing::info!(path = %sled.display(), "raft logs stay in their sled database");
         Arc::new(SledLogProvider::new(sled))
     } else {
-        Arc::new(WalLogProvider::new(wal))
+        Arc::new(WalLogProvider::new(wal).with_snapshot_dir(dir.join(SNAPSHOT_DIR)))
     }
 }
 
 /// Where the write-ahead log of the node's raft groups lives in the data directory.
 const WAL_DIR: &str = "raft-log";
+/// Where the groups' latest snapshots are kept between starts.
+const SNAPSHOT_DIR: &str = "raft-snapshots";
 /// Where raft logs lived in sled before the write-ahead log.
 const SLED_DIR: &str = "raft";
 

@@ -4,7 +4,7 @@
 use std::{
     io::Cursor,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
 };
@@ -72,6 +72,9 @@ struct Shared {
     /// Serializes the user state machine: a snapshot never interleaves with an apply.
     lock: Mutex<()>,
     current: Mutex<Option<(SnapshotMeta, Vec<u8>)>>,
+    /// Whether the snapshot the storage kept from the last run was looked at (on the first
+    /// ask for the current snapshot).
+    looked_for_kept: AtomicBool,
     seq: AtomicU64,
     /// [`StateMachine::batching`], read once.
     batching: bool,
@@ -101,6 +104,7 @@ impl StateMachineStore {
                 storage,
                 lock: Mutex::new(()),
                 current: Mutex::new(None),
+                looked_for_kept: AtomicBool::new(false),
                 seq: AtomicU64::new(0),
             }),
         }
@@ -266,9 +270,79 @@ impl CommandRun {
     }
 }
 
+impl Shared {
+    /// Has the storage keep `meta` and `data` for the next start; a failure only costs
+    /// that start a rebuild, so it is logged, not returned.
+    fn keep(&self, meta: &SnapshotMeta, data: &[u8]) {
+        let kept = crate::log_store::encode(meta)
+            .map_err(|e| e.to_string())
+            .and_then(|meta| {
+                self.storage
+                    .keep_snapshot(&meta, data)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = kept {
+            tracing::warn!(group_id = %self.group, error = %e, "could not keep the snapshot for the next start");
+        }
+    }
+
+    /// The snapshot the storage kept from the last run, when it is usable: whole, at or
+    /// after the log's purge point (a lagging follower needs nothing the log no longer has)
+    /// and at or before the state machine's applied position (it holds nothing the state
+    /// does not).
+    fn kept(&self) -> Option<(SnapshotMeta, Vec<u8>)> {
+        let refuse = |why: String| {
+            tracing::info!(group_id = %self.group, reason = %why, "not using the kept snapshot; building one");
+            None
+        };
+        let (meta, data) = match self.storage.kept_snapshot() {
+            Ok(Some(kept)) => kept,
+            Ok(None) => return None,
+            Err(e) => return refuse(e.to_string()),
+        };
+        let meta: SnapshotMeta = match crate::log_store::decode(&meta) {
+            Ok(meta) => meta,
+            Err(e) => return refuse(format!("its meta does not decode: {e}")),
+        };
+        let Some(at) = meta.last_log_id else {
+            return refuse("it holds no log position".into());
+        };
+        match read_meta::<LogId>(self.storage.as_ref(), MetaKey::LastPurged) {
+            Ok(Some(purged)) if purged.index > at.index => {
+                return refuse(format!(
+                    "it is at index {}, the log is purged up to {}",
+                    at.index, purged.index
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return refuse(format!("reading the purge point: {e}")),
+        }
+        match self.sm.last_applied() {
+            Ok(Some(applied)) if applied.index >= at.index => {}
+            Ok(applied) => {
+                return refuse(format!(
+                    "it is at index {}, the state machine applied {}",
+                    at.index,
+                    applied.map_or(0, |p| p.index)
+                ))
+            }
+            Err(e) => return refuse(format!("reading the applied position: {e}")),
+        }
+        tracing::info!(group_id = %self.group, index = at.index, bytes = data.len(), "using the snapshot kept from the last run");
+        Some((meta, data))
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        Ok(self.build().map_err(StorageIOError::read_state_machine)?)
+        let snapshot = self.build().map_err(StorageIOError::read_state_machine)?;
+        let shared = Arc::clone(&self.shared);
+        let (meta, data) = (snapshot.meta.clone(), snapshot.snapshot.get_ref().clone());
+        // off the runtime: a large snapshot's file write would hold up a worker
+        if let Err(e) = tokio::task::spawn_blocking(move || shared.keep(&meta, &data)).await {
+            tracing::warn!(group_id = %self.shared.group, error = %e, "keeping the snapshot failed");
+        }
+        Ok(snapshot)
     }
 }
 
@@ -380,12 +454,29 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .map_err(|e| write_err(sm_err(&shared.group, "restore snapshot", &e)))?;
         }
         tracing::info!(group_id = %shared.group, snapshot_id = %meta.snapshot_id, bytes = data.len(), "installed snapshot");
+        let kept = (Arc::clone(&shared), meta.clone(), data.clone());
         *shared.current.lock() = Some((meta.clone(), data));
+        if let Err(e) = tokio::task::spawn_blocking(move || kept.0.keep(&kept.1, &kept.2)).await {
+            tracing::warn!(group_id = %shared.group, error = %e, "keeping the installed snapshot failed");
+        }
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        // Kept in memory only: after a restart openraft rebuilds one when logs were purged.
+        // The first ask (openraft's start) looks for the snapshot the storage kept from the
+        // last run: without one, openraft rebuilds it from the state when the log was purged.
+        if !self.shared.looked_for_kept.swap(true, Ordering::SeqCst) {
+            let shared = Arc::clone(&self.shared);
+            let kept = tokio::task::spawn_blocking(move || {
+                let _serial = shared.lock.lock();
+                shared.kept()
+            })
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e.to_string())))?;
+            if let Some(kept) = kept {
+                self.shared.current.lock().get_or_insert(kept);
+            }
+        }
         let current = self.shared.current.lock().clone();
         Ok(current.map(|(meta, data)| Snapshot {
             meta,
@@ -453,6 +544,74 @@ mod tests {
         assert_eq!(sm.applied_index(), 3);
         let (applied, _) = store.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(3));
+    }
+
+    /// A store over `sm` and `storage` as a start after the last run builds it.
+    fn restarted(
+        sm: &Arc<MemoryStateMachine>,
+        storage: &Arc<MemoryLogStorage>,
+    ) -> StateMachineStore {
+        StateMachineStore::new(
+            "g",
+            Arc::clone(sm) as Arc<dyn StateMachine>,
+            Arc::clone(storage) as Arc<dyn LogStorage>,
+        )
+    }
+
+    fn put(index: u64, key: &str, value: &str) -> Entry {
+        entry(
+            index,
+            EntryPayload::Normal(Command::One(MemoryStateMachine::put(key, value))),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_start_uses_the_snapshot_kept_from_the_last_run_only_when_it_fits() {
+        let sm = Arc::new(MemoryStateMachine::new());
+        let storage = Arc::new(MemoryLogStorage::new());
+        let mut store = restarted(&sm, &storage);
+        store
+            .apply(vec![put(1, "a", "1"), put(2, "b", "2"), put(3, "a", "3")])
+            .await
+            .unwrap();
+        let built = store
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(3));
+        // the state goes on after the snapshot
+        store.apply(vec![put(4, "c", "4")]).await.unwrap();
+
+        // a start finds it: same meta and data, no rebuild from the state (which is at 4)
+        let mut again = restarted(&sm, &storage);
+        let kept = again
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("the kept snapshot");
+        assert_eq!(kept.meta, built.meta);
+        assert_eq!(kept.snapshot.get_ref(), built.snapshot.get_ref());
+
+        // a log purged past it: a follower would need entries the log no longer has
+        let purged = LogId::new(CommittedLeaderId::new(1, 0), 4);
+        write_meta(storage.as_ref(), MetaKey::LastPurged, &purged).unwrap();
+        let mut after_purge = restarted(&sm, &storage);
+        assert!(after_purge.get_current_snapshot().await.unwrap().is_none());
+
+        // a state machine behind it (its own write-out lagged): not used either
+        let purged = LogId::new(CommittedLeaderId::new(1, 0), 2);
+        write_meta(storage.as_ref(), MetaKey::LastPurged, &purged).unwrap();
+        let behind = Arc::new(MemoryStateMachine::new());
+        behind.advance(LogPosition { term: 1, index: 2 }).unwrap();
+        let mut lagging = restarted(&behind, &storage);
+        assert!(lagging.get_current_snapshot().await.unwrap().is_none());
+
+        // a kept snapshot whose meta does not decode is refused, not trusted
+        storage.keep_snapshot(b"\xff\xff\xff", b"data").unwrap();
+        let mut damaged = restarted(&sm, &storage);
+        assert!(damaged.get_current_snapshot().await.unwrap().is_none());
     }
 
     #[tokio::test]

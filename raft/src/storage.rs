@@ -72,6 +72,18 @@ pub trait LogStorage: Send + Sync + 'static {
     fn memory_bytes(&self) -> Option<u64> {
         None
     }
+    /// Keeps the group's latest snapshot (its encoded meta and data) for the next start,
+    /// replacing the one kept before. Best effort, not durable: a kept snapshot may be lost
+    /// or older after a crash, and the caller checks it before use. Default: nothing kept.
+    fn keep_snapshot(&self, meta: &[u8], data: &[u8]) -> Result<()> {
+        let _ = (meta, data);
+        Ok(())
+    }
+    /// The snapshot [`keep_snapshot`](Self::keep_snapshot) kept last, `None` when there is
+    /// none; an error when it is there but does not read back whole.
+    fn kept_snapshot(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        Ok(None)
+    }
 }
 
 /// Where a node keeps the logs of its groups.
@@ -160,6 +172,7 @@ impl EntryLog {
 struct MemoryState {
     meta: HashMap<MetaKey, Vec<u8>>,
     log: EntryLog,
+    snapshot: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// One group's log in memory (tests, embedding): a flush completes at once.
@@ -210,6 +223,15 @@ impl LogStorage for MemoryLogStorage {
 
     fn flush(&self, done: FlushCallback) {
         done(Ok(()));
+    }
+
+    fn keep_snapshot(&self, meta: &[u8], data: &[u8]) -> Result<()> {
+        self.state.lock().snapshot = Some((meta.to_vec(), data.to_vec()));
+        Ok(())
+    }
+
+    fn kept_snapshot(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        Ok(self.state.lock().snapshot.clone())
     }
 }
 

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{Error, Result},
+    snapshot_file,
     storage::{EntryLog, FlushCallback, LogStorage, LogStorageProvider, MetaKey},
 };
 
@@ -684,6 +685,10 @@ pub struct WalLogStorage {
     group: String,
     state: Arc<Mutex<GroupState>>,
     wal: Arc<Wal>,
+    /// The file that keeps the group's latest snapshot, when the provider keeps them.
+    snapshot: Option<PathBuf>,
+    /// One snapshot file write at a time.
+    keeping: Mutex<()>,
 }
 
 impl WalLogStorage {
@@ -790,12 +795,37 @@ impl LogStorage for WalLogStorage {
     fn memory_bytes(&self) -> Option<u64> {
         Some(self.state.lock().log.bytes())
     }
+
+    fn keep_snapshot(&self, meta: &[u8], data: &[u8]) -> Result<()> {
+        let Some(path) = &self.snapshot else {
+            return Ok(());
+        };
+        let _keeping = self.keeping.lock();
+        snapshot_file::write(path, meta, data)
+            .map_err(|e| io_err(path, "keeping the group's snapshot", e))
+    }
+
+    fn kept_snapshot(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let Some(path) = &self.snapshot else {
+            return Ok(None);
+        };
+        let Some(bytes) = snapshot_file::read(path)
+            .map_err(|e| io_err(path, "reading the group's kept snapshot", e))?
+        else {
+            return Ok(None);
+        };
+        let (meta, data) = snapshot_file::decode(&bytes)
+            .map_err(|reason| io_err(path, "reading the group's kept snapshot", reason))?;
+        Ok(Some((meta.to_vec(), data.to_vec())))
+    }
 }
 
 /// Logs of every group of a node in one write-ahead log under `dir` (the node's
 /// `<data_dir>/raft-log`), with one flush thread that batches the fsyncs of all groups.
 pub struct WalLogProvider {
     dir: PathBuf,
+    /// Where the groups' latest snapshots are kept between starts (none when `None`).
+    snapshots: Option<PathBuf>,
     min_rewrite: u64,
     open: Mutex<Option<Arc<Wal>>>,
 }
@@ -811,9 +841,17 @@ impl WalLogProvider {
     pub fn with_rewrite_bytes(dir: impl Into<PathBuf>, min_rewrite: u64) -> Self {
         Self {
             dir: dir.into(),
+            snapshots: None,
             min_rewrite,
             open: Mutex::new(None),
         }
+    }
+
+    /// Keeps each group's latest snapshot in a file in `dir` (not the log's directory), so
+    /// a group that starts with a purged log reads its snapshot instead of rebuilding it.
+    pub fn with_snapshot_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.snapshots = Some(dir.into());
+        self
     }
 
     fn opened(&self) -> Result<Arc<Wal>> {
@@ -886,6 +924,11 @@ impl LogStorageProvider for WalLogProvider {
             group: group_id.to_owned(),
             state,
             wal,
+            snapshot: self
+                .snapshots
+                .as_deref()
+                .map(|dir| snapshot_file::path(dir, group_id)),
+            keeping: Mutex::new(()),
         }))
     }
 
@@ -902,6 +945,11 @@ impl LogStorageProvider for WalLogProvider {
             groups.remove(group_id);
         }
         Self::sync(&wal, &name)?;
+        if let Some(dir) = &self.snapshots {
+            let path = snapshot_file::path(dir, group_id);
+            snapshot_file::remove(&path)
+                .map_err(|e| io_err(&path, "removing the group's kept snapshot", e))?;
+        }
         tracing::info!(group_id, "raft group storage destroyed");
         Ok(())
     }

@@ -446,3 +446,58 @@ proptest! {
         prop_assert_eq!(wal_dump(&provider), model_dump(&model));
     }
 }
+
+#[test]
+fn kept_snapshots_survive_a_reopen_and_go_with_their_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, snapshots) = (
+        dir.path().join("raft-log"),
+        dir.path().join("raft-snapshots"),
+    );
+    let open = || {
+        let provider = WalLogProvider::new(&log).with_snapshot_dir(&snapshots);
+        provider.open().unwrap();
+        provider
+    };
+    {
+        let provider = open();
+        let a = provider.group("a").unwrap();
+        assert_eq!(a.kept_snapshot().unwrap(), None, "nothing kept yet");
+        a.keep_snapshot(b"meta-1", b"data-1").unwrap();
+        a.keep_snapshot(b"meta-2", &[5u8; 70_000]).unwrap();
+        provider
+            .group("b")
+            .unwrap()
+            .keep_snapshot(b"mb", b"db")
+            .unwrap();
+        provider.close().unwrap();
+    }
+    let provider = open();
+    let a = provider.group("a").unwrap();
+    assert_eq!(
+        a.kept_snapshot().unwrap(),
+        Some((b"meta-2".to_vec(), vec![5u8; 70_000])),
+        "the last one kept, whole"
+    );
+    provider.destroy_group("a").unwrap();
+    assert_eq!(provider.group("a").unwrap().kept_snapshot().unwrap(), None);
+    assert_eq!(
+        provider.group("b").unwrap().kept_snapshot().unwrap(),
+        Some((b"mb".to_vec(), b"db".to_vec())),
+        "another group's snapshot stays"
+    );
+
+    // a damaged file is an error naming it, not a snapshot
+    let file = fs::read_dir(&snapshots)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap();
+    let mut bytes = fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&file, bytes).unwrap();
+    let err = provider.group("b").unwrap().kept_snapshot().unwrap_err();
+    assert!(err.to_string().contains("checksum"), "{err}");
+    assert!(err.to_string().contains("raft-snapshots"), "{err}");
+}
