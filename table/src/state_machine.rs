@@ -3,8 +3,13 @@
 //!
 //! The window lives in the partition's meta keys, written in the same batch as the rows and
 //! the applied position, so it survives restarts and travels in snapshots:
-//! `c<command id>` -> (sequence, encoded response), `s<sequence>` -> command id, `n` -> the
-//! last sequence. Sequence `n` evicts `n - window`. Every replica must use the same window.
+//! `c<command id>` -> (sequence, encoded response), `b<sequence / 64>` -> the ids of up to 64
+//! consecutive sequences (the first sequence, then 24 bytes per id), `n` -> the last
+//! sequence. Sequence `n` evicts `n - window`; a block goes once its last sequence is
+//! evicted. Every replica must use the same window.
+//!
+//! Blocks replaced one key per sequence (`s<sequence>` -> command id) to halve the keys a
+//! command writes; ids a partition recorded that way are still evicted from those keys.
 use std::{collections::HashMap, sync::Arc};
 
 use lifecycle::BoxError;
@@ -20,8 +25,13 @@ use crate::{
 pub const DEFAULT_COMMAND_WINDOW: u64 = 10_000;
 
 const COMMAND_PREFIX: u8 = b'c';
+/// One key per sequence, as partitions recorded ids before blocks.
 const SEQ_PREFIX: u8 = b's';
+const BLOCK_PREFIX: u8 = b'b';
 const LAST_SEQ_KEY: &[u8] = b"n";
+/// Sequences per `b` block.
+const SEQS_PER_BLOCK: u64 = 64;
+const ID_BYTES: usize = 24;
 
 fn command_key(id: CommandId) -> Vec<u8> {
     let mut key = vec![COMMAND_PREFIX];
@@ -33,6 +43,44 @@ fn seq_key(seq: u64) -> Vec<u8> {
     let mut key = vec![SEQ_PREFIX];
     key.extend_from_slice(&seq.to_be_bytes());
     key
+}
+
+fn block_key(seq: u64) -> Vec<u8> {
+    let mut key = vec![BLOCK_PREFIX];
+    key.extend_from_slice(&(seq / SEQS_PER_BLOCK).to_be_bytes());
+    key
+}
+
+/// A block's first sequence and its ids, or why the bytes are not a block.
+fn decode_block(raw: &[u8]) -> Result<(u64, &[u8])> {
+    let bad = |reason: String| Error::Decode {
+        what: "command id block",
+        reason,
+    };
+    let (first, ids) = raw.split_first_chunk::<8>().ok_or_else(|| {
+        bad(format!(
+            "{} bytes, fewer than its first sequence",
+            raw.len()
+        ))
+    })?;
+    if ids.len() % ID_BYTES != 0 || ids.len() as u64 > SEQS_PER_BLOCK * ID_BYTES as u64 {
+        return Err(bad(format!("{} bytes of ids", ids.len())));
+    }
+    Ok((u64::from_be_bytes(*first), ids))
+}
+
+/// The id recorded for `seq` in a block, if the block holds it.
+fn id_in_block(raw: &[u8], seq: u64) -> Result<Option<CommandId>> {
+    let (first, ids) = decode_block(raw)?;
+    let Some(at) = seq.checked_sub(first) else {
+        return Ok(None);
+    };
+    let start = usize::try_from(at)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(ID_BYTES);
+    Ok(ids
+        .get(start..start.saturating_add(ID_BYTES))
+        .and_then(CommandId::from_bytes))
 }
 
 fn encode_u64(what: &'static str, value: &impl serde::Serialize) -> Result<Vec<u8>> {
@@ -272,16 +320,50 @@ impl PartitionStateMachine {
         let seq = last + 1;
         let record = encode_u64("command record", &(seq, response.encode()?))?;
         overlay.put_meta(command_key(id), record);
-        overlay.put_meta(seq_key(seq), id.to_bytes().to_vec());
+        let block = block_key(seq);
+        let ids = match overlay.meta(&block)? {
+            Some(mut ids) => {
+                let (first, held) = decode_block(&ids)?;
+                if first + (held.len() / ID_BYTES) as u64 != seq {
+                    return Err(Error::Decode {
+                        what: "command id block",
+                        reason: format!(
+                            "it holds {} ids from sequence {first}, the next is {seq}",
+                            held.len() / ID_BYTES
+                        ),
+                    });
+                }
+                ids.extend_from_slice(&id.to_bytes());
+                ids
+            }
+            None => [&seq.to_be_bytes()[..], &id.to_bytes()].concat(),
+        };
+        overlay.put_meta(block, ids);
         overlay.put_meta(LAST_SEQ_KEY.to_vec(), encode_u64("command sequence", &seq)?);
         if seq > self.window {
-            let evicted = seq - self.window;
-            if let Some(raw) = overlay.meta(&seq_key(evicted))? {
-                if let Some(old) = CommandId::from_bytes(&raw) {
-                    overlay.delete_meta(command_key(old));
+            self.evict(overlay, seq - self.window)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the id recorded for sequence `evicted` (in its block, or in the key per
+    /// sequence of older records), and the block once its last sequence goes.
+    fn evict(&self, overlay: &mut Overlay<'_>, evicted: u64) -> Result<()> {
+        let block = block_key(evicted);
+        if let Some(raw) = overlay.meta(&block)? {
+            if let Some(old) = id_in_block(&raw, evicted)? {
+                overlay.delete_meta(command_key(old));
+                if evicted % SEQS_PER_BLOCK == SEQS_PER_BLOCK - 1 {
+                    overlay.delete_meta(block);
                 }
-                overlay.delete_meta(seq_key(evicted));
+                return Ok(());
             }
+        }
+        if let Some(raw) = overlay.meta(&seq_key(evicted))? {
+            if let Some(old) = CommandId::from_bytes(&raw) {
+                overlay.delete_meta(command_key(old));
+            }
+            overlay.delete_meta(seq_key(evicted));
         }
         Ok(())
     }
@@ -495,6 +577,121 @@ mod tests {
         assert_eq!(sm.remembered(id(1)).expect("read"), None);
         assert_eq!(run(&sm, 5, &first), PartitionResponse::Inserted(false));
         assert!(sm.remembered(id(3)).expect("read").is_some());
+    }
+
+    fn delete_x(seq: u64) -> PartitionCommand {
+        PartitionCommand::new(
+            id(seq),
+            PartitionOp::Delete {
+                keys: vec![b"x".to_vec()],
+            },
+        )
+    }
+
+    #[test]
+    fn the_window_keeps_ids_in_blocks_and_drops_a_block_with_its_last_id() {
+        let storage: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
+        let sm = PartitionStateMachine::with_command_window("t", 0, Arc::clone(&storage), 100);
+        for seq in 1..=300 {
+            run(&sm, seq, &delete_x(seq));
+        }
+        for seq in 1..=300 {
+            assert_eq!(
+                sm.remembered(id(seq)).expect("read").is_some(),
+                seq > 200,
+                "command {seq} in a window of the last 100"
+            );
+        }
+        // sequences 201..=300 live in blocks 3 (192..=255) and 4 (256..=319)
+        for block in 0..5u64 {
+            let held = storage
+                .meta(&block_key(block * SEQS_PER_BLOCK))
+                .expect("meta");
+            assert_eq!(held.is_some(), block >= 3, "block {block}");
+        }
+        let raw = storage
+            .meta(&block_key(256))
+            .expect("meta")
+            .expect("block 4");
+        assert_eq!(id_in_block(&raw, 300).expect("decode"), Some(id(300)));
+        assert_eq!(id_in_block(&raw, 255).expect("decode"), None);
+        assert!(
+            storage.meta(&seq_key(300)).expect("meta").is_none(),
+            "no key per sequence"
+        );
+    }
+
+    #[test]
+    fn ids_recorded_one_key_per_sequence_are_still_evicted() {
+        let storage: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
+        // the layout before blocks: sequences 1..=5 for commands 1..=5
+        let mut batch = WriteBatch::new();
+        for seq in 1..=5u64 {
+            let record = encode_u64(
+                "command record",
+                &(
+                    seq,
+                    PartitionResponse::Deleted(vec![false])
+                        .encode()
+                        .expect("encode"),
+                ),
+            )
+            .expect("record");
+            batch.put_meta(command_key(id(seq)), record);
+            batch.put_meta(seq_key(seq), id(seq).to_bytes().to_vec());
+        }
+        batch.put_meta(LAST_SEQ_KEY.to_vec(), encode_u64("seq", &5u64).expect("n"));
+        batch.applied_at(pos(5));
+        storage.apply(batch).expect("old layout");
+        let sm = PartitionStateMachine::with_command_window("t", 0, Arc::clone(&storage), 5);
+        assert!(
+            sm.remembered(id(3)).expect("read").is_some(),
+            "old records answer retries"
+        );
+        for seq in 6..=8 {
+            run(&sm, seq, &delete_x(seq));
+        }
+        for seq in 1..=3 {
+            assert_eq!(
+                sm.remembered(id(seq)).expect("read"),
+                None,
+                "command {seq} evicted"
+            );
+            assert!(
+                storage.meta(&seq_key(seq)).expect("meta").is_none(),
+                "its key too"
+            );
+        }
+        for seq in 4..=8 {
+            assert!(
+                sm.remembered(id(seq)).expect("read").is_some(),
+                "command {seq} kept"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_block_bytes_never_panic(raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000), seq in proptest::prelude::any::<u64>()) {
+            let _ = id_in_block(&raw, seq);
+        }
+    }
+
+    #[test]
+    fn a_damaged_block_is_a_decode_error_not_a_panic() {
+        assert!(decode_block(&[1, 2, 3]).is_err());
+        assert!(decode_block(&[0u8; 8 + 23]).is_err());
+        assert!(decode_block(&vec![0u8; 8 + 24 * 65]).is_err());
+        assert_eq!(id_in_block(&[0u8; 8 + 24], 5).expect("decode"), None);
+        let storage: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
+        let mut batch = WriteBatch::new();
+        batch.put_meta(block_key(1), vec![9u8; 5]);
+        storage.apply(batch).expect("damage");
+        let sm = PartitionStateMachine::new("t", 0, Arc::clone(&storage));
+        let err = sm
+            .apply_command(pos(1), &delete_x(1).encode().expect("encode"))
+            .expect_err("a damaged block");
+        assert!(err.to_string().contains("command id block"), "{err}");
     }
 
     #[test]
