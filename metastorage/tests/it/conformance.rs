@@ -473,3 +473,107 @@ fn sled_refuses_a_command_block_that_does_not_decode_by_path() {
         "{e}"
     );
 }
+
+/// Every revision's entries, 1 to the storage's revision.
+fn all_revision_entries(s: &dyn KeyValueStorage) -> Vec<Vec<metastorage::Entry>> {
+    (1..=s.revision())
+        .map(|r| s.revision_entries(r).expect("revision entries"))
+        .collect()
+}
+
+#[test]
+fn sled_converts_a_format_2_database_and_replays_every_revision() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let before = {
+        // a write-out every 7 write sets: blocks of several revisions
+        let s = SledKeyValueStorage::open_with(dir.path(), 100, 7).expect("open");
+        for i in 0..300u32 {
+            s.put(
+                format!("k{}", i % 37).as_bytes(),
+                format!("v{i}").as_bytes(),
+            )
+            .expect("put");
+        }
+        s.flush().expect("flush");
+        all_revision_entries(&s)
+    };
+    assert_eq!(before.len(), 300);
+    {
+        // rewrite the revision index the way format 2 kept it: one key per revision
+        let db = sled::open(dir.path()).expect("raw sled");
+        let blocks = db.open_tree("revision_log").expect("tree");
+        let old = db.open_tree("revisions").expect("tree");
+        let mut written = 0;
+        for item in blocks.iter() {
+            let (_, v) = item.expect("item");
+            let block: Vec<(u64, Vec<u8>)> = postcard::from_bytes(&v).expect("block decodes");
+            for (revision, index) in block {
+                old.insert(revision.to_be_bytes(), index).expect("insert");
+                written += 1;
+            }
+        }
+        assert_eq!(written, 300, "one index per revision in the blocks");
+        db.drop_tree("revision_log").expect("drop");
+        db.open_tree("meta")
+            .expect("tree")
+            .insert("format", "2")
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    {
+        let s = SledKeyValueStorage::open(dir.path()).expect("open format 2");
+        assert_eq!(all_revision_entries(&s), before);
+        s.put(b"after", b"1").expect("put");
+        s.flush().expect("flush");
+        assert_eq!(s.revision_entries(301).expect("new revision").len(), 1);
+    }
+    let names: Vec<String> = raw_trees(dir.path()).into_iter().map(|(n, _)| n).collect();
+    assert!(!names.iter().any(|n| n == "revisions"), "{names:?}");
+    let s = SledKeyValueStorage::open(dir.path()).expect("reopen format 3");
+    assert_eq!(all_revision_entries(&s)[..300], before[..]);
+}
+
+#[test]
+fn sled_compaction_drops_whole_revision_blocks_and_refuses_a_damaged_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let s = SledKeyValueStorage::open_with(dir.path(), 100, 1000).expect("open");
+        for i in 0..100u32 {
+            s.put(format!("k{i}").as_bytes(), b"v").expect("put");
+            if i % 10 == 9 {
+                // a write-out of the last 10 revisions: one block each
+                s.flush().expect("flush");
+            }
+        }
+        s.compact(55).expect("compact");
+        s.flush().expect("flush");
+        assert!(s.revision_entries(55).is_err(), "compacted");
+        assert_eq!(s.revision_entries(56).expect("kept").len(), 1);
+        assert_eq!(s.revision_entries(100).expect("kept").len(), 1);
+    }
+    let firsts: Vec<u64> = raw_trees(dir.path())
+        .into_iter()
+        .filter(|(n, _)| n == "revision_log")
+        .flat_map(|(_, items)| items)
+        .map(|(k, _)| u64::from_be_bytes(k.try_into().expect("8 bytes")))
+        .collect();
+    // blocks of 10 revisions: 1-10 .. 41-50 went, 51-60 holds 56-60 still
+    assert_eq!(firsts.first(), Some(&51), "{firsts:?}");
+    {
+        let db = sled::open(dir.path()).expect("raw sled");
+        db.open_tree("revision_log")
+            .expect("tree")
+            .insert(91u64.to_be_bytes(), &[0xff, 0xff, 0xff][..])
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    let s = SledKeyValueStorage::open(dir.path()).expect("open");
+    let e = s
+        .revision_entries(95)
+        .expect_err("a damaged block")
+        .to_string();
+    assert!(
+        e.contains(&dir.path().display().to_string()) && e.contains("revision block 91"),
+        "{e}"
+    );
+}
