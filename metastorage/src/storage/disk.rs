@@ -437,11 +437,7 @@ impl SledKeyValueStorage {
         let mut removed_order = Vec::new();
         for item in order.iter() {
             let (k, v) = self.call(|| item)?;
-            let seq = k
-                .as_ref()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| self.corrupt("a command sequence number is not 8 bytes"))?;
+            let seq = self.be_u64(&k, "a command sequence number")?;
             let id = CommandId::from_bytes(&v)
                 .ok_or_else(|| self.corrupt("a command id is not 24 bytes"))?;
             let stored = self
@@ -492,11 +488,7 @@ impl SledKeyValueStorage {
         let mut removed = Vec::new();
         for item in old.iter() {
             let (k, v) = self.call(|| item)?;
-            let revision = k
-                .as_ref()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| self.corrupt("a revision index key is not 8 bytes"))?;
+            let revision = self.be_u64(&k, "a revision index key")?;
             revisions.push((revision, v.to_vec()));
             removed.push((k.to_vec(), None));
         }
@@ -530,11 +522,7 @@ impl SledKeyValueStorage {
         let mut blocks = BTreeMap::new();
         for item in self.trees.command_log.iter() {
             let (k, v) = self.call(|| item)?;
-            let first = k
-                .as_ref()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| self.corrupt("a command block key is not 8 bytes"))?;
+            let first = self.be_u64(&k, "a command block key")?;
             let block: Vec<CommandRecord> = postcard::from_bytes(&v)
                 .map_err(|e| self.corrupt(format!("command block {first} does not decode: {e}")))?;
             let last = block.last().map_or(first, |r| r.seq);
@@ -544,6 +532,14 @@ impl SledKeyValueStorage {
         *self.commands.write() = CommandWindow::of(records);
         *self.wb.blocks.lock() = blocks;
         Ok(())
+    }
+
+    /// The big-endian u64 in `bytes` (a key of `what`), or a corruption error.
+    fn be_u64(&self, bytes: &[u8], what: &str) -> Result<u64> {
+        bytes
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| self.corrupt(format!("{what} is not 8 bytes")))
     }
 
     fn read_u64(&self, key: &[u8]) -> Result<u64> {
@@ -757,10 +753,7 @@ fn encode_revision_block(revisions: &[(u64, Vec<u8>)]) -> Result<Vec<u8>> {
 impl SledKeyValueStorage {
     /// A `revision_log` block from its key and value, or why it is not one.
     fn decode_revision_block(&self, key: &[u8], value: &[u8]) -> Result<RevisionBlock> {
-        let first = key
-            .try_into()
-            .map(u64::from_be_bytes)
-            .map_err(|_| self.corrupt("a revision block key is not 8 bytes"))?;
+        let first = self.be_u64(key, "a revision block key")?;
         let revisions: Vec<(u64, Vec<u8>)> = postcard::from_bytes(value)
             .map_err(|e| self.corrupt(format!("revision block {first} does not decode: {e}")))?;
         let ascending = revisions.windows(2).all(|w| w[0].0 < w[1].0);
