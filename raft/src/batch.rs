@@ -34,33 +34,69 @@ pub(crate) struct Pending {
     pub(crate) reply: oneshot::Sender<Result<Vec<u8>>>,
 }
 
+/// A request that waits in a queue to go out in a batch.
+pub(crate) trait Queued {
+    /// Its size against [`MAX_BATCH_BYTES`].
+    fn bytes(&self) -> usize;
+    /// Whether it may share a batch that `first` starts (default: always).
+    fn joins(&self, first: &Self) -> bool {
+        let _ = first;
+        true
+    }
+}
+
+impl Queued for Pending {
+    fn bytes(&self) -> usize {
+        self.command.len()
+    }
+}
+
 /// Forms batches from `rx` and writes them through `raft` until `cancel` (the group stops)
 /// or every sender is gone. Dropped writes see their reply channel closed.
 pub(crate) async fn run(
     group: Arc<str>,
     raft: Raft,
-    mut rx: mpsc::UnboundedReceiver<Pending>,
+    rx: mpsc::UnboundedReceiver<Pending>,
     cancel: CancellationToken,
 ) -> std::result::Result<(), BoxError> {
+    drive(rx, cancel, |batch| {
+        submit(Arc::clone(&group), raft.clone(), batch)
+    })
+    .await;
+    Ok(())
+}
+
+/// Takes what `rx` queues in batches (whatever is queued when a batch forms, within the
+/// limits) and hands each to `submit`, at most [`MAX_BATCHES_IN_FLIGHT`] at a time, until
+/// `cancel` or every sender is gone (then it finishes what was submitted).
+pub(crate) async fn drive<T, F, Fut>(
+    mut rx: mpsc::UnboundedReceiver<T>,
+    cancel: CancellationToken,
+    mut submit: F,
+) where
+    T: Queued,
+    F: FnMut(Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut in_flight = FuturesUnordered::new();
-    // the write that did not fit in the previous batch: the first of the next one
-    let mut carry: Option<Pending> = None;
+    // the request that did not fit in the previous batch: the first of the next one
+    let mut carry: Option<T> = None;
     loop {
         if in_flight.len() < MAX_BATCHES_IN_FLIGHT {
             if let Some(first) = carry.take() {
                 let batch = collect(first, &mut rx, &mut carry);
-                in_flight.push(submit(Arc::clone(&group), raft.clone(), batch));
+                in_flight.push(submit(batch));
                 continue;
             }
         }
         tokio::select! {
             biased;
-            () = cancel.cancelled() => return Ok(()),
+            () = cancel.cancelled() => return,
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
             first = rx.recv(), if in_flight.len() < MAX_BATCHES_IN_FLIGHT => {
                 let Some(first) = first else { break };
                 let batch = collect(first, &mut rx, &mut carry);
-                in_flight.push(submit(Arc::clone(&group), raft.clone(), batch));
+                in_flight.push(submit(batch));
             }
         }
     }
@@ -69,24 +105,23 @@ pub(crate) async fn run(
         () = cancel.cancelled() => {}
         () = async { while in_flight.next().await.is_some() {} } => {}
     }
-    Ok(())
 }
 
 /// `first` plus whatever is queued now, within the batch limits.
-fn collect(
-    first: Pending,
-    rx: &mut mpsc::UnboundedReceiver<Pending>,
-    carry: &mut Option<Pending>,
-) -> Vec<Pending> {
-    let mut bytes = first.command.len();
+fn collect<T: Queued>(
+    first: T,
+    rx: &mut mpsc::UnboundedReceiver<T>,
+    carry: &mut Option<T>,
+) -> Vec<T> {
+    let mut bytes = first.bytes();
     let mut batch = vec![first];
     while batch.len() < MAX_BATCH_COMMANDS {
         let Ok(next) = rx.try_recv() else { break };
-        if bytes + next.command.len() > MAX_BATCH_BYTES {
+        if bytes + next.bytes() > MAX_BATCH_BYTES || !next.joins(&batch[0]) {
             *carry = Some(next);
             break;
         }
-        bytes += next.command.len();
+        bytes += next.bytes();
         batch.push(next);
     }
     batch

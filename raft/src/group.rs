@@ -21,6 +21,7 @@ use crate::{
     batch::Pending,
     config::RaftConfiguration,
     error::{Error, Result},
+    forward::{self, Forward},
     rpc::{self, RaftReply, RaftRequest, Rejection},
     types::{basic_node, node_id, Command, LogPosition, Raft},
 };
@@ -158,6 +159,8 @@ pub(crate) struct GroupInner {
     pub(crate) guard: StopGuard,
     /// The group-commit queue, when the state machine allows batching.
     pub(crate) batcher: Option<mpsc::UnboundedSender<Pending>>,
+    /// The queue of writes forwarded to the leader in batches.
+    pub(crate) forwarder: mpsc::UnboundedSender<Forward>,
 }
 
 /// One Raft group on this node. Cheap to clone; every clone is the same group.
@@ -444,23 +447,23 @@ impl RaftGroup {
             let result = if leader == self.inner.local {
                 self.local_write(command.clone()).await
             } else {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                let reply = rpc::call(
-                    &self.inner.messaging,
-                    &self.inner.topology,
-                    &self.inner.id,
-                    &leader,
-                    RaftRequest::Write(command.clone()),
-                    remaining,
-                )
-                .await?;
-                match reply {
-                    RaftReply::Write(Ok(r)) => Ok(r),
-                    RaftReply::Write(Err(rejection)) => Err(self.rejected(&leader, rejection)),
-                    RaftReply::NoGroup => {
-                        Err(self.rejected(&leader, Rejection::NotLeader { leader: None }))
-                    }
-                    _ => Err(Error::codec("write reply", "unexpected reply kind")),
+                let (reply, rx) = oneshot::channel();
+                self.inner
+                    .forwarder
+                    .send(Forward {
+                        command: command.clone(),
+                        leader,
+                        deadline,
+                        reply,
+                    })
+                    .map_err(|_| self.stopped())?;
+                // a batch waits for its latest deadline; each write keeps its own
+                match tokio::time::timeout_at(deadline, self.inner.guard.wrap(rx)).await {
+                    Ok(reply) => reply?.map_err(|_| self.stopped())?,
+                    Err(_elapsed) => Err(Error::Timeout {
+                        group: self.inner.id.clone(),
+                        what: "a write forwarded to the leader".into(),
+                    }),
                 }
             };
             match result {
@@ -473,20 +476,7 @@ impl RaftGroup {
 
     /// The error for a request the leader `leader` refused.
     fn rejected(&self, leader: &str, rejection: Rejection) -> Error {
-        match rejection {
-            Rejection::NotLeader { leader } => Error::NotLeader {
-                group: self.inner.id.clone(),
-                leader,
-            },
-            Rejection::Stopping(reason) => Error::Unreachable {
-                node: leader.to_owned(),
-                reason,
-            },
-            Rejection::Failed(reason) => Error::Rejected {
-                group: self.inner.id.clone(),
-                reason,
-            },
-        }
+        forward::rejected(&self.inner.id, leader, rejection)
     }
 
     /// Read index on this node, which must be the leader: the log index a linearizable read

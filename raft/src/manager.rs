@@ -24,6 +24,7 @@ use crate::{
     batch,
     config::{GroupClass, RaftConfiguration},
     error::{Error, Result},
+    forward,
     group::{to_rejection, GroupInner, GroupMetrics, RaftGroup, Role},
     log_store::LogStore,
     rpc::{NetworkFactory, RaftMessage, RaftReply, RaftRequest},
@@ -88,6 +89,15 @@ impl Shared {
             ),
             RaftRequest::ReadIndex => {
                 RaftReply::ReadIndex(group.local_read_index().await.map_err(|e| to_rejection(&e)))
+            }
+            RaftRequest::WriteBatch(commands) => {
+                // every write enters the write path on its first poll, in order
+                let writes = commands.into_iter().map(|c| group.local_write(c));
+                let results = futures::future::join_all(writes).await;
+                RaftReply::WriteBatch(Ok(results
+                    .into_iter()
+                    .map(|r| r.map_err(|e| to_rejection(&e)))
+                    .collect()))
             }
         })
     }
@@ -288,6 +298,7 @@ impl RaftManager {
         } else {
             (None, None)
         };
+        let (forward_tx, forward_rx) = tokio::sync::mpsc::unbounded_channel();
         let group = RaftGroup {
             inner: Arc::new(GroupInner {
                 id: group_id.to_owned(),
@@ -298,6 +309,7 @@ impl RaftManager {
                 topology: self.network.topology(),
                 guard: self.shared.guard.clone(),
                 batcher: batch_tx,
+                forwarder: forward_tx,
             }),
         };
         if members.voters.contains(&local) {
@@ -328,6 +340,21 @@ impl RaftManager {
             }
         }
         let cancel = self.cancel.child_token();
+        spawn_supervised(
+            &self.tracker,
+            &faults,
+            NAME,
+            &format!("group {group_id} forwarded writes"),
+            forward::run(
+                forward::Route {
+                    group: Arc::from(group_id),
+                    messaging: self.network.messaging(),
+                    topology: self.network.topology(),
+                },
+                forward_rx,
+                cancel.clone(),
+            ),
+        );
         if let Some(rx) = batch_rx {
             spawn_supervised(
                 &self.tracker,

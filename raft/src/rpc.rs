@@ -40,6 +40,8 @@ pub(crate) enum RaftRequest {
     Write(Vec<u8>),
     /// A follower asks the leader for a read index.
     ReadIndex,
+    /// Client writes forwarded to the leader together, applied in order, answered each.
+    WriteBatch(Vec<Vec<u8>>),
 }
 
 /// Why a forwarded request was not served.
@@ -59,6 +61,8 @@ pub(crate) enum RaftReply {
     ReadIndex(Result<u64, Rejection>),
     /// The group is not running on the peer (not started yet, or stopped).
     NoGroup,
+    /// One outcome per write of a [`RaftRequest::WriteBatch`], in order.
+    WriteBatch(Result<Vec<Result<Vec<u8>, Rejection>>, Rejection>),
 }
 
 /// Sends one request to `to` and waits for the reply.

@@ -161,6 +161,56 @@ async fn leader_stop_elects_a_new_leader_without_losing_acknowledged_writes() ->
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_on_a_follower_are_forwarded_and_each_answered() -> Result<()> {
+    bounded(async {
+        let mut cluster = Cluster::start(3, fast_config(), Storage::Memory).await?;
+        cluster.start_group("g", &voters(3)).await?;
+        let leader = cluster.leader("g").await?;
+        let follower = cluster
+            .nodes
+            .iter()
+            .find(|n| n.name != leader)
+            .context("a follower")?;
+        let group = follower.group("g")?;
+        // 200 writes at once: they go to the leader in batches, each keeps its own reply
+        let writes = (0..200).map(|i| {
+            let group = group.clone();
+            async move {
+                let first = group
+                    .write(MemoryStateMachine::put(&format!("k{i}"), &format!("a{i}")))
+                    .await?;
+                let second = group
+                    .write(MemoryStateMachine::put(&format!("k{i}"), &format!("b{i}")))
+                    .await?;
+                Ok::<_, Error>((
+                    i,
+                    MemoryStateMachine::decode_reply(&first),
+                    MemoryStateMachine::decode_reply(&second),
+                ))
+            }
+        });
+        let replies = futures::future::join_all(writes).await;
+        for reply in replies {
+            let (i, first, second) = reply?;
+            assert_eq!(first, None, "a new key had no value");
+            assert_eq!(
+                second,
+                Some(format!("a{i}")),
+                "each reply is its own write's"
+            );
+        }
+        let acked: Vec<(String, String)> = (0..200)
+            .map(|i| (format!("k{i}"), format!("b{i}")))
+            .collect();
+        for node in [leader.clone(), follower.name.clone()] {
+            wait_for_values(&cluster, &node, "g", &acked).await?;
+        }
+        cluster.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_learner_catches_up_through_a_snapshot() -> Result<()> {
     bounded(async {
         let config = RaftConfiguration {
