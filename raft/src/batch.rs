@@ -59,7 +59,7 @@ pub(crate) async fn run(
     rx: mpsc::UnboundedReceiver<Pending>,
     cancel: CancellationToken,
 ) -> std::result::Result<(), BoxError> {
-    drive(rx, cancel, |batch| {
+    drive(rx, cancel, MAX_BATCHES_IN_FLIGHT, |batch| {
         submit(Arc::clone(&group), raft.clone(), batch)
     })
     .await;
@@ -67,11 +67,12 @@ pub(crate) async fn run(
 }
 
 /// Takes what `rx` queues in batches (whatever is queued when a batch forms, within the
-/// limits) and hands each to `submit`, at most [`MAX_BATCHES_IN_FLIGHT`] at a time, until
-/// `cancel` or every sender is gone (then it finishes what was submitted).
+/// limits) and hands each to `submit`, at most `max_in_flight` at a time, until `cancel` or
+/// every sender is gone (then it finishes what was submitted).
 pub(crate) async fn drive<T, F, Fut>(
     mut rx: mpsc::UnboundedReceiver<T>,
     cancel: CancellationToken,
+    max_in_flight: usize,
     mut submit: F,
 ) where
     T: Queued,
@@ -82,7 +83,7 @@ pub(crate) async fn drive<T, F, Fut>(
     // the request that did not fit in the previous batch: the first of the next one
     let mut carry: Option<T> = None;
     loop {
-        if in_flight.len() < MAX_BATCHES_IN_FLIGHT {
+        if in_flight.len() < max_in_flight {
             if let Some(first) = carry.take() {
                 let batch = collect(first, &mut rx, &mut carry);
                 in_flight.push(submit(batch));
@@ -93,7 +94,7 @@ pub(crate) async fn drive<T, F, Fut>(
             biased;
             () = cancel.cancelled() => return,
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            first = rx.recv(), if in_flight.len() < MAX_BATCHES_IN_FLIGHT => {
+            first = rx.recv(), if in_flight.len() < max_in_flight => {
                 let Some(first) = first else { break };
                 let batch = collect(first, &mut rx, &mut carry);
                 in_flight.push(submit(batch));

@@ -23,6 +23,10 @@ use crate::{
     rpc::{self, RaftReply, RaftRequest, Rejection},
 };
 
+/// Forward requests of one group in flight at once: a request is answered when its last
+/// write is, so fewer would hold writes back behind slower ones.
+const MAX_FORWARDS_IN_FLIGHT: usize = 32;
+
 /// A write waiting to be forwarded to `leader`.
 pub(crate) struct Forward {
     pub(crate) command: Vec<u8>,
@@ -178,7 +182,10 @@ pub(crate) async fn run(
     rx: mpsc::UnboundedReceiver<Forward>,
     cancel: tokio_util::sync::CancellationToken,
 ) -> std::result::Result<(), lifecycle::BoxError> {
-    crate::batch::drive(rx, cancel, |batch| submit(route.clone(), batch)).await;
+    crate::batch::drive(rx, cancel, MAX_FORWARDS_IN_FLIGHT, |batch| {
+        submit(route.clone(), batch)
+    })
+    .await;
     Ok(())
 }
 
