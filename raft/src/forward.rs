@@ -220,7 +220,8 @@ mod tests {
         crate::batch::drive(
             rx,
             tokio_util::sync::CancellationToken::new(),
-            move |batch| {
+            1,
+            move |batch: Vec<Forward>| {
                 record.lock().push(
                     batch
                         .iter()
