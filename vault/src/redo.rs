@@ -284,24 +284,6 @@ pub fn lower_thread_priority() -> bool {
 mod tests {
     use super::*;
 
-    /// The sled database at `path` opened directly. sled's background threads of a database
-    /// just dropped may hold the file lock for a moment: retried within a deadline.
-    fn raw_sled(path: &std::path::Path) -> sled::Db {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match sled::Config::new().path(path).open() {
-                Ok(db) => return db,
-                Err(e)
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => panic!("raw sled at {}: {e}", path.display()),
-            }
-        }
-    }
-
     use proptest::prelude::*;
 
     #[cfg(target_os = "linux")]
@@ -323,7 +305,7 @@ mod tests {
 
     fn db() -> (tempfile::TempDir, sled::Db) {
         let dir = tempfile::tempdir().unwrap();
-        let db = raw_sled(dir.path());
+        let db = crate::testing::raw_sled(dir.path());
         (dir, db)
     }
 
@@ -368,11 +350,11 @@ mod tests {
         for applied in 0..=4 {
             let dir = tempfile::tempdir().unwrap();
             {
-                let db = raw_sled(dir.path());
+                let db = crate::testing::raw_sled(dir.path());
                 db.open_tree("t/0").unwrap().insert("gone", "x").unwrap();
                 write_cut_short(&db, &sample(), applied).unwrap();
             }
-            let db = raw_sled(dir.path());
+            let db = crate::testing::raw_sled(dir.path());
             assert_eq!(replay(&db).unwrap(), 2, "cut after {applied} changes");
             assert_eq!(read(&db, "t/0", b"a"), Some(b"1".to_vec()));
             assert_eq!(read(&db, "t/0", b"gone"), None);

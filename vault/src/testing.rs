@@ -297,6 +297,25 @@ fn many_keys_sorted(s: &dyn VaultStorage) {
     );
 }
 
+/// The sled database at `path` opened directly, for tests that inspect or damage what a
+/// storage wrote. sled's background threads of a database just dropped may hold the file
+/// lock for a moment: retried within a deadline, then a panic naming the path.
+pub fn raw_sled(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::Config::new().path(path).open() {
+            Ok(db) => return db,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("raw sled at {}: {e}", path.display()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

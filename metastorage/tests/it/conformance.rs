@@ -147,7 +147,7 @@ fn sled_reopen_keeps_data_counters_ids_and_last_applied() {
 fn sled_refuses_a_database_of_another_format() {
     let dir = tempfile::tempdir().expect("temp dir");
     {
-        let db = raw_sled(dir.path());
+        let db = vault::testing::raw_sled(dir.path());
         db.open_tree("meta")
             .expect("tree")
             .insert("format", "99")
@@ -229,7 +229,7 @@ fn sled_restore_survives_reopen_and_an_interrupted_one_starts_empty() {
     }
     {
         // a crash in the middle of a restore leaves the flag behind
-        let db = raw_sled(dir.path());
+        let db = vault::testing::raw_sled(dir.path());
         db.open_tree("meta")
             .expect("tree")
             .insert("restoring", "1")
@@ -247,26 +247,8 @@ fn sled_restore_survives_reopen_and_an_interrupted_one_starts_empty() {
 type RawTree = (String, Vec<(Vec<u8>, Vec<u8>)>);
 
 /// Every tree of the sled database at `path` with all its (key, value) pairs.
-/// The sled database at `path` opened directly. sled's background threads of a storage
-/// just dropped may hold the file lock for a moment: retried within a deadline.
-fn raw_sled(path: &std::path::Path) -> sled::Db {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match sled::open(path) {
-            Ok(db) => return db,
-            Err(e)
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err(e) => panic!("raw sled at {}: {e}", path.display()),
-        }
-    }
-}
-
 fn raw_trees(path: &std::path::Path) -> Vec<RawTree> {
-    let db = raw_sled(path);
+    let db = vault::testing::raw_sled(path);
     let mut trees = Vec::new();
     for name in db.tree_names() {
         let name = String::from_utf8(name.to_vec()).expect("tree name");
@@ -302,7 +284,7 @@ fn sled_completes_a_write_out_cut_short_on_open() {
             s.put(b"a", b"1").expect("put");
         }
         {
-            let db = raw_sled(dir.path());
+            let db = vault::testing::raw_sled(dir.path());
             let redo = vault::redo::Redo {
                 trees: target
                     .iter()
@@ -327,7 +309,7 @@ fn sled_completes_a_write_out_cut_short_on_open() {
 fn sled_refuses_a_corrupt_write_out_record_by_path() {
     let dir = tempfile::tempdir().expect("temp dir");
     {
-        let db = raw_sled(dir.path());
+        let db = vault::testing::raw_sled(dir.path());
         db.open_tree("redo-record")
             .expect("tree")
             .insert("redo", &[1u8, 5][..])
@@ -430,7 +412,7 @@ fn sled_converts_a_format_1_database_and_keeps_its_command_ids() {
     };
     {
         // rewrite the window the way format 1 kept it
-        let db = raw_sled(dir.path());
+        let db = vault::testing::raw_sled(dir.path());
         let (commands, order) = (
             db.open_tree("commands").expect("tree"),
             db.open_tree("command_order").expect("tree"),
@@ -475,7 +457,7 @@ fn sled_refuses_a_command_block_that_does_not_decode_by_path() {
         apply_ids(&s, 1..=3);
     }
     {
-        let db = raw_sled(dir.path());
+        let db = vault::testing::raw_sled(dir.path());
         db.open_tree("command_log")
             .expect("tree")
             .insert(7u64.to_be_bytes(), &[0xff, 0xff, 0xff][..])
@@ -518,7 +500,7 @@ fn sled_converts_a_format_2_database_and_replays_every_revision() {
     assert_eq!(before.len(), 300);
     {
         // rewrite the revision index the way format 2 kept it: one key per revision
-        let db = raw_sled(dir.path());
+        let db = vault::testing::raw_sled(dir.path());
         let blocks = db.open_tree("revision_log").expect("tree");
         let old = db.open_tree("revisions").expect("tree");
         let mut written = 0;
@@ -578,7 +560,7 @@ fn sled_compaction_drops_whole_revision_blocks_and_refuses_a_damaged_one() {
     // blocks of 10 revisions: 1-10 .. 41-50 went, 51-60 holds 56-60 still
     assert_eq!(firsts.first(), Some(&51), "{firsts:?}");
     {
-        let db = raw_sled(dir.path());
+        let db = vault::testing::raw_sled(dir.path());
         db.open_tree("revision_log")
             .expect("tree")
             .insert(91u64.to_be_bytes(), &[0xff, 0xff, 0xff][..])

@@ -272,27 +272,9 @@ fn sled_reads_stay_whole_while_write_outs_run() {
     writer.join().expect("writer thread");
 }
 
-/// The sled database at `path` opened directly. sled's background threads of a database
-/// just dropped may hold the file lock for a moment: retried within a deadline.
-fn raw_sled(path: &std::path::Path) -> sled::Db {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match sled::Config::new().path(path).open() {
-            Ok(db) => return db,
-            Err(e)
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err(e) => panic!("raw sled at {}: {e}", path.display()),
-        }
-    }
-}
-
 /// Every (key, value) of the sled tree `tree` in the database at `path`.
 fn raw_tree(path: &std::path::Path, tree: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let db = raw_sled(path);
+    let db = vault::testing::raw_sled(path);
     let tree = db.open_tree(tree).expect("tree");
     tree.iter()
         .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).expect("item"))
@@ -333,7 +315,7 @@ fn a_write_out_cut_short_is_completed_on_open() {
         drop(storage);
         provider.close().expect("close");
         {
-            let db = raw_sled(&dir.path().join("partitions"));
+            let db = vault::testing::raw_sled(&dir.path().join("partitions"));
             let redo = vault::redo::Redo {
                 trees: vec![(
                     "t/0".to_owned(),
@@ -369,7 +351,7 @@ fn a_write_out_cut_short_is_completed_on_open() {
 fn a_corrupt_write_out_record_is_refused_by_name() {
     let dir = tempfile::tempdir().expect("temp dir");
     {
-        let db = raw_sled(&dir.path().join("partitions"));
+        let db = vault::testing::raw_sled(&dir.path().join("partitions"));
         db.open_tree("redo-record")
             .expect("tree")
             .insert("redo", &[7u8, 1, 2][..])
