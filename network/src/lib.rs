@@ -27,7 +27,7 @@ pub use crate::{
     config::{NetworkConfiguration, DEFAULT_LISTEN},
     error::{Error, Result},
     manager::{NetworkManager, LAUNCH_SEQ_KEY, NODE_ID_KEY},
-    messaging::{Message, MessagingService},
+    messaging::{Message, MessagingService, Reachability},
     topology::{ClusterNode, TopologyEvent, TopologyService},
     wire::{decode_handshake_bytes, decode_stream, PROTOCOL_VERSION},
 };

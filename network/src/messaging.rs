@@ -25,7 +25,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
-    sync::{mpsc, oneshot},
+    sync::{broadcast, mpsc, oneshot},
 };
 use tokio_util::{
     codec::{FramedRead, FramedWrite},
@@ -67,6 +67,18 @@ struct PeerHandle {
     tx: mpsc::Sender<Bytes>,
 }
 
+/// What a quick connection attempt says about a peer's listening address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reachability {
+    /// Something accepts connections there.
+    Listening,
+    /// The address refused the connection: no process listens there (the peer's process is
+    /// gone, while its host still answers).
+    Refused,
+    /// Neither in time, or another error: the peer may be slow, partitioned or gone.
+    Unknown,
+}
+
 /// What a started messaging service knows about itself.
 #[derive(Clone)]
 pub(crate) struct Local {
@@ -87,6 +99,8 @@ pub(crate) struct Inner {
     next_id: AtomicU64,
     guard: StopGuard,
     topology: TopologyService,
+    /// Peers whose connection with this node broke (see [`MessagingService::connection_losses`]).
+    losses: broadcast::Sender<ClusterNode>,
 }
 
 /// Sends typed messages to members and dispatches incoming ones to handlers. Cheap to clone.
@@ -108,6 +122,7 @@ impl MessagingService {
                 next_id: AtomicU64::new(1),
                 guard,
                 topology,
+                losses: broadcast::Sender::new(64),
             }),
         }
     }
@@ -164,6 +179,28 @@ impl MessagingService {
                 Ok(())
             }
         })
+    }
+
+    /// Peers whose connection with this node broke while both were running: an incoming
+    /// connection that ended, or an outgoing one that failed. A hint for fast failure
+    /// detection (a Raft follower losing its leader), not a verdict: check with
+    /// [`probe`](Self::probe) before acting on it. A receiver that lags loses the oldest
+    /// events.
+    pub fn connection_losses(&self) -> broadcast::Receiver<ClusterNode> {
+        self.inner.losses.subscribe()
+    }
+
+    /// Try a bare TCP connection to `node`'s address (no handshake: the peer sees a
+    /// connection that closes at once and drops it silently) and say what happened within
+    /// `timeout`.
+    pub async fn probe(&self, node: &ClusterNode, timeout: Duration) -> Reachability {
+        match tokio::time::timeout(timeout, TcpStream::connect(node.address)).await {
+            Ok(Ok(_)) => Reachability::Listening,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                Reachability::Refused
+            }
+            Ok(Err(_)) | Err(_) => Reachability::Unknown,
+        }
     }
 
     /// Fire and forget: queue `msg` for `to`. Messages to one peer arrive in the order of the
@@ -496,6 +533,7 @@ async fn peer_task(
                     Ended::Broken(reason) => {
                         tracing::debug!(peer = %peer.name, %reason, "connection to peer lost; reconnecting");
                         fail_pending(&inner, peer.launch_id, &reason);
+                        report_loss(&inner, &local, &peer);
                     }
                 }
             }
@@ -918,7 +956,17 @@ async fn serve_inbound(
     let result = read_loop(&inner, &local, &peer, read, reply_tx, &conn_cancel).await;
     conn_cancel.cancel();
     let _ = writer.await;
+    report_loss(&inner, &local, &peer);
     result
+}
+
+/// Tell [`MessagingService::connection_losses`] subscribers that the connection with `peer`
+/// ended, unless this node is stopping.
+fn report_loss(inner: &Inner, local: &Local, peer: &ClusterNode) {
+    if !local.cancel.is_cancelled() {
+        // no subscriber is fine
+        let _ = inner.losses.send(peer.clone());
+    }
 }
 
 /// Counts open connections in the `ignite_network_connections` gauge.

@@ -19,7 +19,7 @@ use tokio::{
 
 use crate::{
     batch::Pending,
-    config::RaftConfiguration,
+    config::{GroupClass, RaftConfiguration},
     error::{Error, Result},
     forward::{self, Forward},
     rpc::{self, RaftReply, RaftRequest, Rejection},
@@ -154,6 +154,8 @@ pub(crate) struct GroupInner {
     pub(crate) local: String,
     pub(crate) raft: Raft,
     pub(crate) config: RaftConfiguration,
+    /// Which timeouts of `config` the group runs with.
+    pub(crate) class: GroupClass,
     pub(crate) messaging: MessagingService,
     pub(crate) topology: TopologyService,
     pub(crate) guard: StopGuard,

@@ -24,6 +24,7 @@
 mod batch;
 mod config;
 mod error;
+mod failover;
 mod forward;
 mod group;
 mod log_store;

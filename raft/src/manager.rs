@@ -24,7 +24,7 @@ use crate::{
     batch,
     config::{GroupClass, RaftConfiguration},
     error::{Error, Result},
-    forward,
+    failover, forward,
     group::{to_rejection, GroupInner, GroupMetrics, RaftGroup, Role},
     log_store::LogStore,
     rpc::{NetworkFactory, RaftMessage, RaftReply, RaftRequest},
@@ -305,6 +305,7 @@ impl RaftManager {
                 local: local.clone(),
                 raft: raft.clone(),
                 config,
+                class,
                 messaging: self.network.messaging(),
                 topology: self.network.topology(),
                 guard: self.shared.guard.clone(),
@@ -662,6 +663,28 @@ impl Component for RaftManager {
         tokio::task::spawn_blocking(move || opener.open())
             .await
             .map_err(|e| Error::storage("raft log storage", e))??;
+        let shared = Arc::clone(&self.shared);
+        let groups: failover::Groups = Arc::new(move || {
+            shared
+                .groups
+                .read()
+                .values()
+                .map(|e| e.group.clone())
+                .collect()
+        });
+        spawn_supervised(
+            &self.tracker,
+            &ctx.faults,
+            NAME,
+            "fast failover",
+            failover::run(
+                self.network.messaging().connection_losses(),
+                self.network.messaging(),
+                groups,
+                self.tracker.clone(),
+                self.cancel.clone(),
+            ),
+        );
         *self.running.write() = Some(Running {
             local: local.clone(),
             storage,

@@ -282,3 +282,42 @@ async fn a_cluster_id_mismatch_refuses_the_connection() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_peer_is_reported_lost_and_its_port_refuses() {
+    init_tracing();
+    let (a, b, _) = pair().await;
+    let m = b.net.messaging();
+    let mut losses = m.connection_losses();
+    // a dials b: b now holds an incoming connection from a
+    let reply: Pong = a
+        .net
+        .messaging()
+        .invoke(&b.me(), Ping(1), DEADLINE)
+        .await
+        .unwrap();
+    assert_eq!(reply, Pong(2));
+    let peer_a = a.me();
+    assert_eq!(
+        m.probe(&peer_a, DEADLINE).await,
+        network::Reachability::Listening
+    );
+    assert!(losses.try_recv().is_err(), "no loss while both run");
+    a.stop().await;
+    let lost = within("loss of a reported on b", DEADLINE, async {
+        loop {
+            match losses.recv().await {
+                Ok(node) if node.name == "a" => return node,
+                Ok(_) => {}
+                Err(e) => panic!("loss channel: {e}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(lost.launch_id, peer_a.launch_id);
+    assert_eq!(
+        m.probe(&peer_a, DEADLINE).await,
+        network::Reachability::Refused
+    );
+    b.stop().await;
+}

@@ -538,3 +538,64 @@ async fn a_log_over_its_memory_budget_is_snapshotted_and_purged() -> Result<()> 
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_elect_at_once_when_the_leaders_process_is_gone() -> Result<()> {
+    bounded(async {
+        // election timers alone would take at least the lease plus a timeout: 40 s
+        let slow = RaftConfiguration {
+            election_timeout_min_ms: 20_000,
+            election_timeout_max_ms: 30_000,
+            heartbeat_interval_ms: 100,
+            ..RaftConfiguration::default()
+        };
+        let mut cluster = Cluster::start(3, slow, Storage::Memory).await?;
+        cluster.start_group("g", &voters(3)).await?;
+        let old = cluster.leader("g").await?;
+        let leader = cluster.node(&old)?.group("g")?;
+        leader.write(MemoryStateMachine::put("before", "1")).await?;
+        let acked = vec![("before".to_owned(), "1".to_owned())];
+        for node in cluster
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect::<Vec<_>>()
+        {
+            wait_for_values(&cluster, &node, "g", &acked).await?;
+        }
+        cluster.stop_node(&old).await?;
+        let stopped = std::time::Instant::now();
+        let survivor = cluster.nodes.first().context("a survivor")?.group("g")?;
+        let old2 = old.clone();
+        let m = survivor
+            .wait_for(
+                Duration::from_secs(10),
+                "a new leader long before any election timeout",
+                move |m| m.leader.is_some() && m.leader.as_deref() != Some(old2.as_str()),
+            )
+            .await?;
+        ensure!(
+            stopped.elapsed() < Duration::from_secs(15),
+            "new leader {:?} after {:?}",
+            m.leader,
+            stopped.elapsed()
+        );
+        survivor
+            .write(MemoryStateMachine::put("after", "2"))
+            .await?;
+        let acked = vec![
+            ("before".to_owned(), "1".to_owned()),
+            ("after".to_owned(), "2".to_owned()),
+        ];
+        for node in cluster
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect::<Vec<_>>()
+        {
+            wait_for_values(&cluster, &node, "g", &acked).await?;
+        }
+        cluster.stop().await
+    })
+    .await
+}
