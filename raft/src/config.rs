@@ -60,7 +60,8 @@ impl Default for RaftConfiguration {
         Self {
             // openraft 0.9 also keeps a leader lease of `election_timeout_max_ms`: a follower
             // that saw a leader calls an election after lease + a random timeout in
-            // [min, max], so a dead leader is replaced after 600-800 ms of silence
+            // [min, max], so a silent leader is replaced after 600-800 ms (a leader whose
+            // process is gone is replaced at once: see `failover.rs`)
             election_timeout_min_ms: 200,
             election_timeout_max_ms: 400,
             heartbeat_interval_ms: 50,
