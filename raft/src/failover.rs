@@ -87,7 +87,7 @@ pub(crate) async fn run(
                 }
                 let (campaigning, cancel) = (Arc::clone(&campaigning), cancel2.clone());
                 tracker2.spawn(async move {
-                    campaign(&group, lost_id, &cancel).await;
+                    campaign(&group, Some(lost_id), &cancel).await;
                     campaigning.lock().remove(group.id());
                 });
             }
@@ -122,30 +122,37 @@ fn follows(group: &RaftGroup, leader: u64) -> bool {
 
 /// Call elections in `group` until it has a leader other than `lost`, this node has voted
 /// for another candidate, or a few election timeouts have passed (then the timers go on).
-async fn campaign(group: &RaftGroup, lost: u64, cancel: &CancellationToken) {
+/// With a lost leader the first election is called at once; without one (a group this node
+/// just initialized, whose first election is under way) after a pause: the other voters may
+/// not run the group yet, and the election timeout is far longer than their start.
+pub(crate) async fn campaign(group: &RaftGroup, lost: Option<u64>, cancel: &CancellationToken) {
     let me = node_id(group.node());
     let (min_ms, max_ms, _) = group.inner.config.timing(group.inner.class);
     let deadline = Instant::now() + Duration::from_millis(3 * max_ms);
     let mut elections = 0u32;
+    let mut stand = lost.is_some();
     while Instant::now() < deadline && !cancel.is_cancelled() {
         let settled = {
             let rx = group.inner.raft.metrics();
             let m = rx.borrow();
             let voted_for = m.vote.leader_id().voted_for();
             m.state == ServerState::Leader
-                || m.current_leader.is_some_and(|l| l != lost)
-                || voted_for.is_some_and(|v| v != me && v != lost)
+                || m.current_leader.is_some_and(|l| Some(l) != lost)
+                || voted_for.is_some_and(|v| v != me && Some(v) != lost)
         };
         if settled {
             break;
         }
-        if group.inner.raft.trigger().elect().await.is_err() {
-            // the group is shutting down
-            break;
+        if stand {
+            if group.inner.raft.trigger().elect().await.is_err() {
+                // the group is shutting down
+                break;
+            }
+            elections += 1;
+            metrics::counter!("ignite_raft_fast_elections_total", "group" => group.id().to_owned())
+                .increment(1);
         }
-        elections += 1;
-        metrics::counter!("ignite_raft_fast_elections_total", "group" => group.id().to_owned())
-            .increment(1);
+        stand = true;
         // candidates that split a term try again after a random pause, far shorter than the
         // election timeout
         let pause = rand::rng().random_range((min_ms / 8).max(1)..=(min_ms / 4).max(2));
@@ -154,5 +161,5 @@ async fn campaign(group: &RaftGroup, lost: u64, cancel: &CancellationToken) {
             () = tokio::time::sleep(Duration::from_millis(pause)) => {}
         }
     }
-    tracing::debug!(group_id = group.id(), elections, leader = ?group.leader(), "fast failover campaign over");
+    tracing::debug!(group_id = group.id(), elections, leader = ?group.leader(), "election campaign over");
 }

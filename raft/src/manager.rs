@@ -224,8 +224,9 @@ impl RaftManager {
 
     /// Starts group `group_id` on this node with `state_machine`.
     ///
-    /// `members` is the group's initial membership: a voter whose log is empty initializes
-    /// the group with the voters (every voter may do so with the same list), and the first
+    /// `members` is the group's initial membership: the first voter by name initializes an
+    /// empty group with the voters at once, every other voter whose log is still empty an
+    /// election timeout later (so the group forms without its first voter too), and the first
     /// leader adds the learners. A restarted node recovers its log, vote and membership from
     /// storage and ignores `members`. A node in neither list waits to be added.
     pub async fn start_group(
@@ -313,32 +314,58 @@ impl RaftManager {
                 forwarder: forward_tx,
             }),
         };
-        if members.voters.contains(&local) {
-            let initialized = raft.is_initialized().await.map_err(|e| Error::Fatal {
+        // One voter (the first by name) initializes the group at once and wins the first
+        // election unopposed; the others initialize only if no leader reached them within an
+        // election timeout (the first voter may be down). When every voter initialized at
+        // once, all stood in term 1, split the vote and waited out an election timeout.
+        let initiator = members.voters.iter().min() == Some(&local);
+        let voter = members.voters.contains(&local);
+        let mut initialized_here = false;
+        if voter
+            && !raft.is_initialized().await.map_err(|e| Error::Fatal {
                 group: group_id.to_owned(),
                 reason: e.to_string(),
-            })?;
-            if !initialized {
-                let voters: BTreeMap<u64, openraft::BasicNode> = members
-                    .voters
-                    .iter()
-                    .map(|n| (node_id(n), basic_node(n)))
-                    .collect();
-                match raft.initialize(voters).await {
-                    Ok(()) => {
-                        tracing::info!(group_id, node = %local, voters = ?members.voters, "initialized raft group");
-                    }
-                    // another voter's log reached us first: it is initialized
-                    Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                    Err(e) => {
-                        let _ = raft.shutdown().await;
-                        return Err(Error::Rejected {
-                            group: group_id.to_owned(),
-                            reason: e.to_string(),
-                        });
+            })?
+            && initiator
+        {
+            if let Err(e) = initialize(&raft, group_id, &local, &members.voters).await {
+                let _ = raft.shutdown().await;
+                return Err(e);
+            }
+            initialized_here = true;
+        }
+        let cancel = self.cancel.child_token();
+        if initialized_here {
+            // the first election fails while the other voters do not run the group yet:
+            // stand again soon rather than an election timeout later
+            let (group, cancel) = (group.clone(), cancel.clone());
+            self.tracker
+                .spawn(async move { failover::campaign(&group, None, &cancel).await });
+        }
+        if voter && !initiator {
+            let (_, max_ms, _) = group.inner.config.timing(class);
+            let (group, raft, id, local, voters, cancel) = (
+                group.clone(),
+                raft.clone(),
+                group_id.to_owned(),
+                local.clone(),
+                members.voters.clone(),
+                cancel.clone(),
+            );
+            self.tracker.spawn(async move {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(std::time::Duration::from_millis(max_ms)) => {}
+                }
+                if matches!(raft.is_initialized().await, Ok(false)) {
+                    match initialize(&raft, &id, &local, &voters).await {
+                        Ok(()) => failover::campaign(&group, None, &cancel).await,
+                        Err(e) => {
+                            tracing::warn!(group_id = %id, node = %local, error = %e, "initializing the group failed");
+                        }
                     }
                 }
-            }
+            });
         }
         let cancel = self.cancel.child_token();
         spawn_supervised(
@@ -438,6 +465,24 @@ fn disk_storage(dir: &std::path::Path) -> Arc<dyn LogStorageProvider> {
         Arc::new(SledLogProvider::new(sled))
     } else {
         Arc::new(WalLogProvider::new(wal).with_snapshot_dir(dir.join(SNAPSHOT_DIR)))
+    }
+}
+
+/// Initializes `raft` with `voters`; a log that another voter's leader reached first is fine.
+async fn initialize(raft: &Raft, group_id: &str, local: &str, voters: &[String]) -> Result<()> {
+    let members: BTreeMap<u64, openraft::BasicNode> =
+        voters.iter().map(|n| (node_id(n), basic_node(n))).collect();
+    match raft.initialize(members).await {
+        Ok(()) => {
+            tracing::info!(group_id, node = %local, ?voters, "initialized raft group");
+            Ok(())
+        }
+        // another voter's log reached us first: it is initialized
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(Error::Rejected {
+            group: group_id.to_owned(),
+            reason: e.to_string(),
+        }),
     }
 }
 
