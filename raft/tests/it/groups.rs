@@ -599,3 +599,33 @@ async fn followers_elect_at_once_when_the_leaders_process_is_gone() -> Result<()
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_group_forms_without_its_first_voter() -> Result<()> {
+    bounded(async {
+        let mut cluster = Cluster::start(3, fast_config(), Storage::Memory).await?;
+        // n1 initializes new groups; here it never runs this one, so n2 and n3 initialize it
+        // themselves after an election timeout
+        let members = voters(3);
+        for node in ["n2", "n3"] {
+            cluster.node_mut(node)?.start_group("g", &members).await?;
+        }
+        let n2 = cluster.node("n2")?.group("g")?;
+        let m = n2
+            .wait_for(WAIT, "a leader among n2 and n3", |m| {
+                m.leader.as_deref().is_some_and(|l| l != "n1")
+            })
+            .await?;
+        assert_eq!(m.voters.len(), 3, "{m:?}");
+        n2.write(MemoryStateMachine::put("k", "v")).await?;
+        let written = vec![("k".to_owned(), "v".to_owned())];
+        for node in ["n2", "n3"] {
+            wait_for_values(&cluster, node, "g", &written).await?;
+        }
+        // n1 starts late and catches up as a follower
+        cluster.node_mut("n1")?.start_group("g", &members).await?;
+        wait_for_values(&cluster, "n1", "g", &written).await?;
+        cluster.stop().await
+    })
+    .await
+}
