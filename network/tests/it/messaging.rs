@@ -81,6 +81,17 @@ async fn pair() -> (TestNode, TestNode, Log) {
     (a, b, log)
 }
 
+/// `from` invokes `to` and gets the right reply.
+async fn ping(from: &TestNode, to: &TestNode) {
+    let reply: Pong = from
+        .net
+        .messaging()
+        .invoke(&to.me(), Ping(1), DEADLINE)
+        .await
+        .unwrap();
+    assert_eq!(reply, Pong(2));
+}
+
 fn register(node: TestNode, log: &Log) -> TestNode {
     let m = node.net.messaging();
     m.register_handler(|_, Ping(n)| async move { Ok(Pong(n + 1)) })
@@ -138,13 +149,7 @@ async fn invoke_times_out_when_no_reply_comes() {
         "{err}"
     );
     // The connection is still fine.
-    let reply: Pong = a
-        .net
-        .messaging()
-        .invoke(&b.me(), Ping(1), DEADLINE)
-        .await
-        .unwrap();
-    assert_eq!(reply, Pong(2));
+    ping(&a, &b).await;
     a.stop().await;
     b.stop().await;
 }
@@ -290,13 +295,7 @@ async fn a_stopped_peer_is_reported_lost_and_its_port_refuses() {
     let m = b.net.messaging();
     let mut losses = m.connection_losses();
     // a dials b: b now holds an incoming connection from a
-    let reply: Pong = a
-        .net
-        .messaging()
-        .invoke(&b.me(), Ping(1), DEADLINE)
-        .await
-        .unwrap();
-    assert_eq!(reply, Pong(2));
+    ping(&a, &b).await;
     let peer_a = a.me();
     assert_eq!(
         m.probe(&peer_a, DEADLINE).await,

@@ -37,6 +37,18 @@ async fn wait_for_values(
     Ok(())
 }
 
+/// Waits until every running node applied every put of `expected`.
+async fn wait_for_values_everywhere(
+    cluster: &Cluster,
+    group: &str,
+    expected: &[(String, String)],
+) -> Result<()> {
+    for node in &cluster.nodes {
+        wait_for_values(cluster, &node.name, group, expected).await?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_elect_a_leader_and_followers_forward_writes() -> Result<()> {
     bounded(async {
@@ -134,27 +146,13 @@ async fn leader_stop_elects_a_new_leader_without_losing_acknowledged_writes() ->
         ensure!(new != old);
 
         // every acknowledged write is on the new leader and the survivors
-        for node in cluster
-            .nodes
-            .iter()
-            .map(|n| n.name.clone())
-            .collect::<Vec<_>>()
-        {
-            wait_for_values(&cluster, &node, "g", &acked).await?;
-        }
+        wait_for_values_everywhere(&cluster, "g", &acked).await?;
         // and the group keeps accepting writes (2 of 3 voters)
         survivor
             .write(MemoryStateMachine::put("after", "failover"))
             .await?;
         acked.push(("after".into(), "failover".into()));
-        for node in cluster
-            .nodes
-            .iter()
-            .map(|n| n.name.clone())
-            .collect::<Vec<_>>()
-        {
-            wait_for_values(&cluster, &node, "g", &acked).await?;
-        }
+        wait_for_values_everywhere(&cluster, "g", &acked).await?;
         cluster.stop().await
     })
     .await
@@ -555,14 +553,7 @@ async fn followers_elect_at_once_when_the_leaders_process_is_gone() -> Result<()
         let leader = cluster.node(&old)?.group("g")?;
         leader.write(MemoryStateMachine::put("before", "1")).await?;
         let acked = vec![("before".to_owned(), "1".to_owned())];
-        for node in cluster
-            .nodes
-            .iter()
-            .map(|n| n.name.clone())
-            .collect::<Vec<_>>()
-        {
-            wait_for_values(&cluster, &node, "g", &acked).await?;
-        }
+        wait_for_values_everywhere(&cluster, "g", &acked).await?;
         cluster.stop_node(&old).await?;
         let stopped = std::time::Instant::now();
         let survivor = cluster.nodes.first().context("a survivor")?.group("g")?;
@@ -587,14 +578,7 @@ async fn followers_elect_at_once_when_the_leaders_process_is_gone() -> Result<()
             ("before".to_owned(), "1".to_owned()),
             ("after".to_owned(), "2".to_owned()),
         ];
-        for node in cluster
-            .nodes
-            .iter()
-            .map(|n| n.name.clone())
-            .collect::<Vec<_>>()
-        {
-            wait_for_values(&cluster, &node, "g", &acked).await?;
-        }
+        wait_for_values_everywhere(&cluster, "g", &acked).await?;
         cluster.stop().await
     })
     .await
