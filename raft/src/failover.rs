@@ -122,6 +122,7 @@ fn follows(group: &RaftGroup, leader: u64) -> bool {
 
 /// Call elections in `group` until it has a leader other than `lost`, this node has voted
 /// for another candidate, or a few election timeouts have passed (then the timers go on).
+/// Pauses start at 1/8-1/4 of the minimum election timeout and double up to 1/2-1 of it.
 /// With a lost leader the first election is called at once; without one (a group this node
 /// just initialized, whose first election is under way) after a pause: the other voters may
 /// not run the group yet, and the election timeout is far longer than their start.
@@ -131,6 +132,7 @@ pub(crate) async fn campaign(group: &RaftGroup, lost: Option<u64>, cancel: &Canc
     let deadline = Instant::now() + Duration::from_millis(3 * max_ms);
     let mut elections = 0u32;
     let mut stand = lost.is_some();
+    let mut backoff = 0u32;
     while Instant::now() < deadline && !cancel.is_cancelled() {
         let settled = {
             let rx = group.inner.raft.metrics();
@@ -154,8 +156,11 @@ pub(crate) async fn campaign(group: &RaftGroup, lost: Option<u64>, cancel: &Canc
         }
         stand = true;
         // candidates that split a term try again after a random pause, far shorter than the
-        // election timeout
-        let pause = rand::rng().random_range((min_ms / 8).max(1)..=(min_ms / 4).max(2));
+        // election timeout at first and doubling up to it, so that vote round trips slower
+        // than the pause (a loaded node) are not cut short by the next election forever
+        let low = (min_ms / 8).max(1) << backoff;
+        let pause = rand::rng().random_range(low.min(min_ms)..=(low * 2).min(min_ms).max(2));
+        backoff = (backoff + 1).min(2);
         tokio::select! {
             () = cancel.cancelled() => break,
             () = tokio::time::sleep(Duration::from_millis(pause)) => {}
