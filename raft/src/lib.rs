@@ -41,7 +41,7 @@ pub use crate::{
     config::{GroupClass, RaftConfiguration},
     error::{Error, Result},
     group::{GroupMetrics, RaftGroup, Role},
-    manager::RaftManager,
+    manager::{initiator, RaftManager},
     state_machine::StateMachine,
     storage::{
         FlushCallback, LogStorage, LogStorageProvider, MemoryLogProvider, MemoryLogStorage,

@@ -224,9 +224,10 @@ impl RaftManager {
 
     /// Starts group `group_id` on this node with `state_machine`.
     ///
-    /// `members` is the group's initial membership: the first voter by name initializes an
-    /// empty group with the voters at once, every other voter whose log is still empty an
-    /// election timeout later (so the group forms without its first voter too), and the first
+    /// `members` is the group's initial membership: one voter ([`initiator`], picked by the
+    /// group id, so the groups of a node set spread their first leaders over it) initializes
+    /// an empty group with the voters at once, every other voter whose log is still empty an
+    /// election timeout later (so the group forms without that voter too), and the first
     /// leader adds the learners. A restarted node recovers its log, vote and membership from
     /// storage and ignores `members`. A node in neither list waits to be added.
     pub async fn start_group(
@@ -314,11 +315,11 @@ impl RaftManager {
                 forwarder: forward_tx,
             }),
         };
-        // One voter (the first by name) initializes the group at once and wins the first
+        // One voter (picked by the group id) initializes the group at once and wins the first
         // election unopposed; the others initialize only if no leader reached them within an
         // election timeout (the first voter may be down). When every voter initialized at
         // once, all stood in term 1, split the vote and waited out an election timeout.
-        let initiator = members.voters.iter().min() == Some(&local);
+        let initiator = initiator(group_id, &members.voters) == Some(local.as_str());
         let voter = members.voters.contains(&local);
         let mut initialized_here = false;
         if voter
@@ -466,6 +467,18 @@ fn disk_storage(dir: &std::path::Path) -> Arc<dyn LogStorageProvider> {
     } else {
         Arc::new(WalLogProvider::new(wal).with_snapshot_dir(dir.join(SNAPSHOT_DIR)))
     }
+}
+
+/// The voter of a new group `group_id` that initializes it at once (see
+/// [`RaftManager::start_group`]): a hash of the group id picks one of the voters in name
+/// order, the same on every node. `None` without voters.
+pub fn initiator<'a>(group_id: &str, voters: &'a [String]) -> Option<&'a str> {
+    let mut sorted: Vec<&'a String> = voters.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let n = u64::try_from(sorted.len()).ok().filter(|n| *n > 0)?;
+    let pick = usize::try_from(node_id(group_id) % n).ok()?;
+    sorted.get(pick).map(|s| s.as_str())
 }
 
 /// Initializes `raft` with `voters`; a log that another voter's leader reached first is fine.
@@ -758,5 +771,34 @@ impl Component for RaftManager {
             tracing::info!(node = %running.local, "raft manager stopped");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod initiator_tests {
+    use super::initiator;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_initiator_is_one_voter_whatever_the_order_and_groups_spread_over_voters() {
+        assert_eq!(initiator("g", &[]), None);
+        assert_eq!(initiator("g", &names(&["solo"])), Some("solo"));
+        let abc = names(&["a", "b", "c"]);
+        let cba = names(&["c", "b", "a"]);
+        let mut counts = std::collections::BTreeMap::new();
+        for i in 0..3_000 {
+            let group = format!("table-{i}-part-{}", i % 8);
+            let pick = initiator(&group, &abc).expect("an initiator");
+            assert_eq!(Some(pick), initiator(&group, &cba), "order must not matter");
+            assert!(abc.iter().any(|v| v == pick));
+            *counts.entry(pick.to_owned()).or_insert(0u32) += 1;
+        }
+        assert_eq!(counts.len(), 3, "{counts:?}");
+        for (voter, n) in &counts {
+            assert!((800..=1_200).contains(n), "{voter} initiates {n} of 3,000 groups");
+        }
     }
 }

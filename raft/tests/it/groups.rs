@@ -585,30 +585,43 @@ async fn followers_elect_at_once_when_the_leaders_process_is_gone() -> Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_group_forms_without_its_first_voter() -> Result<()> {
+async fn a_new_group_forms_without_its_initiator() -> Result<()> {
     bounded(async {
         let mut cluster = Cluster::start(3, fast_config(), Storage::Memory).await?;
-        // n1 initializes new groups; here it never runs this one, so n2 and n3 initialize it
-        // themselves after an election timeout
+        // one voter initializes new groups; here it never runs this one, so the other two
+        // initialize it themselves after an election timeout
         let members = voters(3);
-        for node in ["n2", "n3"] {
+        let absent = raft::initiator("g", &members.voters)
+            .context("an initiator")?
+            .to_owned();
+        let present: Vec<String> = members
+            .voters
+            .iter()
+            .filter(|v| **v != absent)
+            .cloned()
+            .collect();
+        for node in &present {
             cluster.node_mut(node)?.start_group("g", &members).await?;
         }
-        let n2 = cluster.node("n2")?.group("g")?;
-        let m = n2
-            .wait_for(WAIT, "a leader among n2 and n3", |m| {
-                m.leader.as_deref().is_some_and(|l| l != "n1")
+        let first = cluster.node(&present[0])?.group("g")?;
+        let absent2 = absent.clone();
+        let m = first
+            .wait_for(WAIT, "a leader among the other two", move |m| {
+                m.leader.as_deref().is_some_and(|l| l != absent2)
             })
             .await?;
         assert_eq!(m.voters.len(), 3, "{m:?}");
-        n2.write(MemoryStateMachine::put("k", "v")).await?;
+        first.write(MemoryStateMachine::put("k", "v")).await?;
         let written = vec![("k".to_owned(), "v".to_owned())];
-        for node in ["n2", "n3"] {
+        for node in &present {
             wait_for_values(&cluster, node, "g", &written).await?;
         }
-        // n1 starts late and catches up as a follower
-        cluster.node_mut("n1")?.start_group("g", &members).await?;
-        wait_for_values(&cluster, "n1", "g", &written).await?;
+        // the initiator starts late and catches up as a follower
+        cluster
+            .node_mut(&absent)?
+            .start_group("g", &members)
+            .await?;
+        wait_for_values(&cluster, &absent, "g", &written).await?;
         cluster.stop().await
     })
     .await
