@@ -9,7 +9,8 @@
 //! 1,000, one loader per node); then 99 more such tables (100 tables x 8 partitions x 3
 //! replicas: 800 replicas per node; the creates stop at the first table that does not appear
 //! on every node within a minute) and, once every replica runs, the resident memory and the
-//! CPU time of the idle process. The three nodes share this process: memory and CPU per node
+//! CPU time of the idle process; last, the first node stops and the time until every
+//! partition of the loaded table accepts a write again is taken. The three nodes share this process: memory and CPU per node
 //! are the process's totals divided by 3. Prints one table with the goals and measured/goal
 //! ratios.
 //!
@@ -441,7 +442,7 @@ async fn run() -> Result<()> {
         cell.as_secs()
     );
     let started = Instant::now();
-    let cluster = Cluster::start().await?;
+    let mut cluster = Cluster::start().await?;
     println!(
         "cluster started and initialized in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -550,9 +551,63 @@ async fn run() -> Result<()> {
         Some(Goal::AtMost(MEMORY_GOAL_MIB)),
     ));
 
+    let (window, stopping) = failover(&mut cluster, &views[1]).await?;
+    println!(
+        "failover: n1 stopped ({:.0} ms to stop), every partition of the loaded table accepted a write after {:.0} ms",
+        stopping.as_secs_f64() * 1e3,
+        window.as_secs_f64() * 1e3
+    );
+    lines.push(Line::new(
+        &format!("node stop -> every partition writable ({want} replicas/node)"),
+        window.as_secs_f64() * 1e3,
+        "ms",
+        None,
+    ));
+
     print!("{}", table(&lines));
     cluster.stop().await;
     Ok(())
+}
+
+/// Rows written to time a failover: with a fixed hash, ids 0..256 cover the 8 partitions.
+const FAILOVER_ROWS: u64 = 256;
+
+/// Stops the first node (gracefully, with every replica it holds: its peers see its
+/// connections close and its port refuse) while upserting [`FAILOVER_ROWS`] rows through
+/// `survivor`, each retried until accepted. Returns the time from the start of the stop to
+/// the last row accepted, and how long the stop took.
+async fn failover(cluster: &mut Cluster, survivor: &Table) -> Result<(Duration, Duration)> {
+    let victim = cluster.nodes.remove(0);
+    let began = Instant::now();
+    let stop = tokio::spawn(async move {
+        let report = victim.stop().await;
+        (began.elapsed(), report.is_clean())
+    });
+    let mut writes = JoinSet::new();
+    for id in 0..FAILOVER_ROWS {
+        let view = survivor.clone();
+        writes.spawn(async move {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                match view.upsert(&row(id)).await {
+                    Ok(()) => return Ok(Instant::now()),
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(anyhow!("row {id} not accepted within {WAIT:?}: {e}"))
+                    }
+                    Err(_) => tokio::time::sleep(POLL).await,
+                }
+            }
+        });
+    }
+    let mut last = began;
+    while let Some(done) = writes.join_next().await {
+        last = last.max(done.context("failover writer")??);
+    }
+    let (stopping, clean) = stop.await.context("stopping n1")?;
+    if !clean {
+        eprintln!("warning: n1 did not stop cleanly");
+    }
+    Ok((last.saturating_duration_since(began), stopping))
 }
 
 fn main() -> Result<()> {

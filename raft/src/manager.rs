@@ -798,7 +798,10 @@ mod initiator_tests {
         }
         assert_eq!(counts.len(), 3, "{counts:?}");
         for (voter, n) in &counts {
-            assert!((800..=1_200).contains(n), "{voter} initiates {n} of 3,000 groups");
+            assert!(
+                (800..=1_200).contains(n),
+                "{voter} initiates {n} of 3,000 groups"
+            );
         }
     }
 }
