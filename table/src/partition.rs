@@ -70,6 +70,22 @@ pub(crate) async fn back_off(backoff: &mut Duration, deadline: Instant) {
     *backoff = (*backoff * 2).min(BACKOFF_MAX);
 }
 
+/// Like [`back_off`], but a new leader of `group` ends the wait at once: after a failover the
+/// retry goes out as soon as the election is over, not at the next step of the backoff.
+async fn back_off_for_leader(group: &RaftGroup, backoff: &mut Duration, deadline: Instant) {
+    let wait = deadline
+        .saturating_duration_since(Instant::now())
+        .min(*backoff);
+    let before = group.leader();
+    // a timeout (no new leader within the wait) is the plain backoff
+    let _ = group
+        .wait_for(wait, "a new partition leader", move |m| {
+            m.leader.is_some() && m.leader != before
+        })
+        .await;
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+}
+
 impl Partition {
     /// A handle over a running `group` whose state machine applies to `storage`.
     pub fn new(
@@ -219,7 +235,7 @@ impl Partition {
                 error = %error,
                 "retrying partition write"
             );
-            back_off(&mut backoff, deadline).await;
+            back_off_for_leader(&self.inner.group, &mut backoff, deadline).await;
         }
     }
 
@@ -245,7 +261,7 @@ impl Partition {
             if Instant::now() >= deadline {
                 return Err(self.timeout_error("read", error));
             }
-            back_off(&mut backoff, deadline).await;
+            back_off_for_leader(&self.inner.group, &mut backoff, deadline).await;
         }
     }
 
