@@ -259,7 +259,12 @@ impl Reconcile {
             let Ok(_ticket) = self.guard.enter() else {
                 return Ok(());
             };
-            match self.pass().await {
+            // a stop ends a pass that waits on MetaStorage (a node without a quorum waits up to
+            // the write timeout); its compare-and-set writes leave nothing half done
+            let Ok(outcome) = self.guard.wrap(self.pass()).await else {
+                return Ok(());
+            };
+            match outcome {
                 Ok(_) => {}
                 Err(e) if e.is_retryable() => {
                     tracing::debug!(error = %e, "assignment reconcile deferred")

@@ -329,7 +329,16 @@ impl AutoAdjust {
             let Ok(_ticket) = self.guard.enter() else {
                 return Ok(());
             };
-            match write_if_different(&self.ms, &self.current, &observed).await {
+            // a stop ends a write that waits on MetaStorage (a node without a quorum waits up
+            // to the write timeout); the write is a compare-and-set, whole or not at all
+            let Ok(outcome) = self
+                .guard
+                .wrap(write_if_different(&self.ms, &self.current, &observed))
+                .await
+            else {
+                return Ok(());
+            };
+            match outcome {
                 Ok(Some(stored)) => {
                     tracing::info!(nodes = ?stored.nodes, revision = stored.revision, "baseline adjusted to the logical topology");
                     pending = false;
