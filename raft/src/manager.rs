@@ -335,6 +335,7 @@ impl RaftManager {
             }
             initialized_here = true;
         }
+        // the group's token: stopping the group ends its tasks, these included
         let cancel = self.cancel.child_token();
         if initialized_here {
             // the first election fails while the other voters do not run the group yet:
@@ -368,7 +369,6 @@ impl RaftManager {
                 }
             });
         }
-        let cancel = self.cancel.child_token();
         spawn_supervised(
             &self.tracker,
             &faults,
