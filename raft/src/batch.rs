@@ -25,8 +25,12 @@ const MAX_BATCH_COMMANDS: usize = 256;
 /// `max_payload_entries` entries per append request, requests stay well under the network's
 /// frame limit.
 const MAX_BATCH_BYTES: usize = 32 * 1024;
-/// Entries submitted and not yet applied: the next batch forms while these replicate.
-const MAX_BATCHES_IN_FLIGHT: usize = 4;
+/// Entries submitted and not yet applied: the next batch forms while this one is appended,
+/// replicated and applied. One, because openraft's core appends (and waits for the fsync of)
+/// each entry before it looks at the next: a second entry in flight buys no overlap, it only
+/// splits the writes over more fsyncs (measured: 1-node puts at 64 in flight 28k/s with 4,
+/// 48k/s with 1; table upserts 5.8-6.3k/s with 4, 7.5-7.9k/s with 1).
+const MAX_BATCHES_IN_FLIGHT: usize = 1;
 
 /// A write waiting for its batch.
 pub(crate) struct Pending {
