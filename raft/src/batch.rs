@@ -142,7 +142,11 @@ async fn submit(group: Arc<str>, raft: Raft, batch: Vec<Pending>) {
         1 => Command::One(commands.pop().unwrap_or_default()),
         _ => Command::Batch(commands),
     };
-    match raft.client_write(payload).await {
+    let started = std::time::Instant::now();
+    let written = raft.client_write(payload).await;
+    metrics::histogram!("ignite_raft_write_seconds", "group" => group.to_string())
+        .record(started.elapsed().as_secs_f64());
+    match written {
         Ok(response) if response.data.0.len() == replies.len() => {
             for (reply, data) in replies.into_iter().zip(response.data.0) {
                 let _ = reply.send(Ok(data));

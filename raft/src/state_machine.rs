@@ -254,6 +254,7 @@ impl CommandRun {
             return Ok(());
         };
         let commands = std::mem::take(&mut self.commands);
+        let started = std::time::Instant::now();
         let all = {
             let shared = Arc::clone(shared);
             off_runtime(id, move || {
@@ -262,6 +263,7 @@ impl CommandRun {
             })
             .await?
         };
+        metrics::histogram!("ignite_raft_apply_seconds").record(started.elapsed().as_secs_f64());
         let mut all = all.into_iter();
         for size in self.sizes.drain(..) {
             replies.push(Response(all.by_ref().take(size).collect()));
