@@ -129,22 +129,56 @@ impl GroupMetrics {
             replication_lag,
         }
     }
+}
 
-    /// Publishes the metrics as gauges labelled by group (and peer for the lag).
-    pub(crate) fn publish(&self) {
-        let group = self.group.clone();
-        metrics::gauge!("ignite_raft_role", "group" => group.clone())
-            .set(f64::from(self.role.code()));
-        metrics::gauge!("ignite_raft_term", "group" => group.clone()).set(self.term as f64);
-        metrics::gauge!("ignite_raft_is_leader", "group" => group.clone())
-            .set(if self.role == Role::Leader { 1.0 } else { 0.0 });
-        metrics::gauge!("ignite_raft_last_log_index", "group" => group.clone())
-            .set(self.last_log_index.unwrap_or(0) as f64);
-        metrics::gauge!("ignite_raft_applied_index", "group" => group.clone())
-            .set(self.last_applied.map_or(0, |p| p.index) as f64);
-        for (peer, lag) in &self.replication_lag {
-            metrics::gauge!("ignite_raft_replication_lag", "group" => group.clone(), "peer" => peer.clone())
-                .set(*lag as f64);
+/// A group's gauges, labelled by group (and peer for the lag), registered once: publishing
+/// a change is then a few stores instead of a registry lookup and label copies per gauge.
+pub(crate) struct GroupGauges {
+    group: String,
+    role: metrics::Gauge,
+    term: metrics::Gauge,
+    is_leader: metrics::Gauge,
+    last_log_index: metrics::Gauge,
+    applied_index: metrics::Gauge,
+    lag: BTreeMap<String, metrics::Gauge>,
+}
+
+impl GroupGauges {
+    pub(crate) fn new(group: &str) -> Self {
+        let gauge = |name: &'static str| metrics::gauge!(name, "group" => group.to_owned());
+        Self {
+            group: group.to_owned(),
+            role: gauge("ignite_raft_role"),
+            term: gauge("ignite_raft_term"),
+            is_leader: gauge("ignite_raft_is_leader"),
+            last_log_index: gauge("ignite_raft_last_log_index"),
+            applied_index: gauge("ignite_raft_applied_index"),
+            lag: BTreeMap::new(),
+        }
+    }
+
+    /// Sets every gauge from `m`.
+    pub(crate) fn publish(&mut self, m: &GroupMetrics) {
+        self.role.set(f64::from(m.role.code()));
+        self.term.set(m.term as f64);
+        self.is_leader
+            .set(if m.role == Role::Leader { 1.0 } else { 0.0 });
+        self.last_log_index
+            .set(m.last_log_index.unwrap_or(0) as f64);
+        self.applied_index
+            .set(m.last_applied.map_or(0, |p| p.index) as f64);
+        for (peer, lag) in &m.replication_lag {
+            if !self.lag.contains_key(peer) {
+                let gauge = metrics::gauge!(
+                    "ignite_raft_replication_lag",
+                    "group" => self.group.clone(),
+                    "peer" => peer.clone()
+                );
+                self.lag.insert(peer.clone(), gauge);
+            }
+            if let Some(gauge) = self.lag.get(peer) {
+                gauge.set(*lag as f64);
+            }
         }
     }
 }
@@ -658,5 +692,87 @@ impl RaftGroup {
             .snapshot()
             .await
             .map_err(|e| fatal(&self.inner.id, &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+
+    fn metrics(role: Role, last_log: u64, lag: &[(&str, u64)]) -> GroupMetrics {
+        GroupMetrics {
+            group: "g".into(),
+            node: "n1".into(),
+            role,
+            term: 3,
+            leader: Some("n1".into()),
+            last_log_index: Some(last_log),
+            last_applied: Some(LogPosition {
+                index: last_log - 1,
+                term: 3,
+            }),
+            snapshot: None,
+            purged: None,
+            voters: vec!["n1".into(), "n2".into()],
+            learners: Vec::new(),
+            replication_lag: lag.iter().map(|(p, l)| ((*p).to_owned(), *l)).collect(),
+        }
+    }
+
+    /// (name, labels, value) of every gauge the recorder holds.
+    fn gauge_values(recorder: &DebuggingRecorder) -> Vec<(String, Vec<String>, f64)> {
+        let mut out: Vec<_> = recorder
+            .snapshotter()
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter_map(|(key, _, _, value)| match value {
+                DebugValue::Gauge(v) => Some((
+                    key.key().name().to_owned(),
+                    key.key()
+                        .labels()
+                        .map(|l| format!("{}={}", l.key(), l.value()))
+                        .collect(),
+                    v.into_inner(),
+                )),
+                _ => None,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        out
+    }
+
+    #[test]
+    fn gauges_registered_once_follow_every_publish() {
+        let recorder = DebuggingRecorder::new();
+        let snapshot = metrics::with_local_recorder(&recorder, || {
+            let mut gauges = GroupGauges::new("g");
+            gauges.publish(&metrics(Role::Leader, 10, &[("n2", 4)]));
+            // a later change, and a peer that appears later, land on the same handles
+            gauges.publish(&metrics(Role::Follower, 12, &[("n2", 0), ("n3", 7)]));
+            gauge_values(&recorder)
+        });
+        let group = vec!["group=g".to_owned()];
+        let value = |name: &str, labels: &[String]| {
+            snapshot
+                .iter()
+                .find(|(n, l, _)| n == name && l == labels)
+                .map(|(_, _, v)| *v)
+        };
+        assert_eq!(value("ignite_raft_role", &group), Some(1.0), "follower");
+        assert_eq!(value("ignite_raft_is_leader", &group), Some(0.0));
+        assert_eq!(value("ignite_raft_term", &group), Some(3.0));
+        assert_eq!(value("ignite_raft_last_log_index", &group), Some(12.0));
+        assert_eq!(value("ignite_raft_applied_index", &group), Some(11.0));
+        let lag = |peer: &str| vec!["group=g".to_owned(), format!("peer={peer}")];
+        assert_eq!(value("ignite_raft_replication_lag", &lag("n2")), Some(0.0));
+        assert_eq!(value("ignite_raft_replication_lag", &lag("n3")), Some(7.0));
+        assert_eq!(
+            snapshot.len(),
+            7,
+            "one series per gauge and peer: {snapshot:?}"
+        );
     }
 }

@@ -25,7 +25,7 @@ use crate::{
     config::{GroupClass, RaftConfiguration},
     error::{Error, Result},
     failover, forward,
-    group::{to_rejection, GroupInner, GroupMetrics, RaftGroup, Role},
+    group::{to_rejection, GroupGauges, GroupInner, GroupMetrics, RaftGroup, Role},
     log_store::LogStore,
     rpc::{NetworkFactory, RaftMessage, RaftReply, RaftRequest},
     state_machine::{StateMachine, StateMachineStore},
@@ -601,6 +601,7 @@ async fn watch_group(
     let mut rx = group.inner.raft.metrics();
     let mut learners_pending = !learners.is_empty();
     let mut last: Option<GroupMetrics> = None;
+    let mut gauges = GroupGauges::new(&group.inner.id);
     let mut seen: Option<Seen> = None;
     // the snapshot index at which a snapshot for the log's size was last asked for
     let mut asked_at: Option<Option<u64>> = None;
@@ -636,7 +637,7 @@ async fn watch_group(
             }
         }
         if last.as_ref() != Some(&metrics) {
-            metrics.publish();
+            gauges.publish(&metrics);
             let role_changed = last.as_ref().is_none_or(|l| {
                 (&l.role, &l.leader, &l.voters, &l.learners)
                     != (
