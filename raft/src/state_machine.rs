@@ -57,6 +57,14 @@ pub trait StateMachine: Send + Sync + 'static {
     ) -> Result<Vec<Vec<u8>>, BoxError> {
         commands.iter().map(|c| self.apply(position, c)).collect()
     }
+    /// Whether an apply now could wait on the disk (a write-behind storage whose backlog is
+    /// full, say). When it says no, the group applies on its runtime worker instead of
+    /// handing the apply to tokio's blocking pool; an apply that says no must then do memory
+    /// work only (reads that may touch the disk are fine, writes that wait are not). Asked
+    /// before every apply. Default: yes.
+    fn apply_would_wait(&self) -> bool {
+        true
+    }
     /// An entry without a command (blank, membership) still advances `last_applied`.
     fn advance(&self, position: LogPosition) -> Result<(), BoxError>;
     /// The full state as of `last_applied`, for a snapshot.
@@ -207,14 +215,28 @@ fn apply_commands(
     Ok(replies)
 }
 
-/// Runs a state-machine apply on tokio's blocking pool: storage writes may block on the disk
-/// (sled writes out its log buffers on the calling thread when its I/O pool is busy), and a
-/// runtime worker blocked there would stall every other group's tasks on it.
-async fn off_runtime<T: Send + 'static>(
+/// Runs a state-machine apply `f` under the state machine's lock. On the runtime worker
+/// the group runs on when the state machine says applying now will not wait on the disk
+/// ([`StateMachine::apply_would_wait`]) and no snapshot holds the lock: that saves a hand-off
+/// to another thread and back per apply. Otherwise on tokio's blocking pool: a storage write
+/// that waits on the disk would stall every other task of the runtime worker.
+async fn run_apply<T: Send + 'static>(
+    shared: &Arc<Shared>,
     id: LogId,
-    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+    f: impl FnOnce(&Shared) -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, StorageError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
+    if !shared.sm.apply_would_wait() {
+        if let Some(_serial) = shared.lock.try_lock() {
+            return f(shared);
+        }
+    }
+    let shared = Arc::clone(shared);
+    tokio::task::spawn_blocking(move || {
+        let _serial = shared.lock.lock();
+        f(&shared)
+    })
+    .await
+    .map_err(|e| {
         StorageError::from(StorageIOError::apply(
             id,
             AnyError::error(format!("state machine apply task failed: {e}")),
@@ -255,14 +277,10 @@ impl CommandRun {
         };
         let commands = std::mem::take(&mut self.commands);
         let started = std::time::Instant::now();
-        let all = {
-            let shared = Arc::clone(shared);
-            off_runtime(id, move || {
-                let _serial = shared.lock.lock();
-                apply_commands(&shared, id, &commands)
-            })
-            .await?
-        };
+        let all = run_apply(shared, id, move |shared| {
+            apply_commands(shared, id, &commands)
+        })
+        .await?;
         metrics::histogram!("ignite_raft_apply_seconds").record(started.elapsed().as_secs_f64());
         let mut all = all.into_iter();
         for size in self.sizes.drain(..) {
@@ -375,9 +393,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     run.push(id, command);
                 }
                 EntryPayload::Normal(Command::One(command)) => {
-                    let shared = Arc::clone(&shared);
-                    let reply = off_runtime(id, move || {
-                        let _serial = shared.lock.lock();
+                    let reply = run_apply(&shared, id, move |shared| {
                         shared.sm.apply(pos, &command).map_err(|e| {
                             StorageIOError::apply(id, sm_err(&shared.group, "apply", &e)).into()
                         })

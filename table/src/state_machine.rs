@@ -408,6 +408,12 @@ impl StateMachine for PartitionStateMachine {
             .collect::<Result<Vec<_>>>()?)
     }
 
+    /// Applies go to the storage's in-memory layer: they wait on the disk only when its
+    /// write-behind backlog is full.
+    fn apply_would_wait(&self) -> bool {
+        self.storage.apply_would_wait()
+    }
+
     fn advance(&self, position: LogPosition) -> Result<(), BoxError> {
         let mut batch = WriteBatch::new();
         batch.applied_at(position);

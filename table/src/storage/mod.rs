@@ -43,6 +43,12 @@ pub trait PartitionStorage: Send + Sync + 'static {
     /// it or none is there, together with its applied position. It may be lost in a crash
     /// (the sled storage writes behind): the Raft log, which is durable, applies it again.
     fn apply(&self, batch: WriteBatch) -> Result<()>;
+    /// Whether the next [`apply`](Self::apply) could wait on the disk (a write-behind
+    /// storage whose backlog is full). Only the partition's own applies add to its backlog,
+    /// so a `false` holds until the next apply. Default: never.
+    fn apply_would_wait(&self) -> bool {
+        false
+    }
     /// The log position of the last applied batch that carried one.
     fn last_applied(&self) -> Result<Option<LogPosition>>;
     /// The full state (rows, meta, last applied), encoded; see [`PartitionSnapshot`].

@@ -377,9 +377,14 @@ impl PartitionStorage for SledPartitionStorage {
     }
 
     /// Takes the batch into the active layer (visible to reads at once); it reaches sled at
-    /// the next write-out, all or nothing with its applied position.
+    /// the next write-out, all or nothing with its applied position. When the backlog was
+    /// already full before this batch, the apply first waits for a write-out of its own.
     fn apply(&self, batch: WriteBatch) -> Result<()> {
         self.check()?;
+        if self.apply_would_wait() {
+            // the write-out thread is behind: this apply waits for a write-out of its own
+            self.write_out()?;
+        }
         let changes = {
             let mut layers = self.pending.write();
             let active = &mut layers.active;
@@ -391,14 +396,17 @@ impl PartitionStorage for SledPartitionStorage {
             }
             active.changes
         };
-        if changes >= self.write_behind.saturating_mul(BACKLOG_FACTOR) {
-            // the write-out thread is behind: this apply waits for a write-out of its own
-            self.write_out()?;
-        } else if changes >= self.write_behind {
+        if changes >= self.write_behind {
             // a full channel means the thread is already woken
             let _ = self.wake.try_send(());
         }
         Ok(())
+    }
+
+    /// The backlog is full: the next apply writes out first (one batch may take the backlog
+    /// past the limit; the apply after it waits).
+    fn apply_would_wait(&self) -> bool {
+        self.pending.read().active.changes >= self.write_behind.saturating_mul(BACKLOG_FACTOR)
     }
 
     fn last_applied(&self) -> Result<Option<LogPosition>> {
