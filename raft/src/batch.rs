@@ -55,6 +55,15 @@ impl Queued for Pending {
     }
 }
 
+/// A group's write histograms, registered once.
+#[derive(Clone)]
+struct Histograms {
+    /// Commands per entry.
+    batch: metrics::Histogram,
+    /// From submitting an entry to its replies.
+    seconds: metrics::Histogram,
+}
+
 /// Forms batches from `rx` and writes them through `raft` until `cancel` (the group stops)
 /// or every sender is gone. Dropped writes see their reply channel closed.
 pub(crate) async fn run(
@@ -63,8 +72,12 @@ pub(crate) async fn run(
     rx: mpsc::UnboundedReceiver<Pending>,
     cancel: CancellationToken,
 ) -> std::result::Result<(), BoxError> {
+    let histograms = Histograms {
+        batch: metrics::histogram!("ignite_raft_write_batch", "group" => group.to_string()),
+        seconds: metrics::histogram!("ignite_raft_write_seconds", "group" => group.to_string()),
+    };
     drive(rx, cancel, MAX_BATCHES_IN_FLIGHT, |batch| {
-        submit(Arc::clone(&group), raft.clone(), batch)
+        submit(Arc::clone(&group), raft.clone(), batch, histograms.clone())
     })
     .await;
     Ok(())
@@ -133,19 +146,17 @@ fn collect<T: Queued>(
 }
 
 /// Writes one entry holding `batch` and hands each write its reply.
-async fn submit(group: Arc<str>, raft: Raft, batch: Vec<Pending>) {
+async fn submit(group: Arc<str>, raft: Raft, batch: Vec<Pending>, histograms: Histograms) {
     let (mut commands, replies): (Vec<Vec<u8>>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-    metrics::histogram!("ignite_raft_write_batch", "group" => group.to_string())
-        .record(commands.len() as f64);
+    histograms.batch.record(commands.len() as f64);
     let payload = match commands.len() {
         1 => Command::One(commands.pop().unwrap_or_default()),
         _ => Command::Batch(commands),
     };
     let started = std::time::Instant::now();
     let written = raft.client_write(payload).await;
-    metrics::histogram!("ignite_raft_write_seconds", "group" => group.to_string())
-        .record(started.elapsed().as_secs_f64());
+    histograms.seconds.record(started.elapsed().as_secs_f64());
     match written {
         Ok(response) if response.data.0.len() == replies.len() => {
             for (reply, data) in replies.into_iter().zip(response.data.0) {

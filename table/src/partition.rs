@@ -63,19 +63,24 @@ impl std::fmt::Debug for Partition {
     }
 }
 
+/// The current backoff bounded by `deadline`; the backoff doubles for the next time.
+fn next_wait(backoff: &mut Duration, deadline: Instant) -> Duration {
+    let wait = deadline
+        .saturating_duration_since(Instant::now())
+        .min(*backoff);
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    wait
+}
+
 /// Sleeps for the current backoff (bounded by `deadline`) and doubles it.
 pub(crate) async fn back_off(backoff: &mut Duration, deadline: Instant) {
-    let until = deadline.min(Instant::now() + *backoff);
-    tokio::time::sleep_until(until).await;
-    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    tokio::time::sleep(next_wait(backoff, deadline)).await;
 }
 
 /// Like [`back_off`], but a new leader of `group` ends the wait at once: after a failover the
 /// retry goes out as soon as the election is over, not at the next step of the backoff.
 async fn back_off_for_leader(group: &RaftGroup, backoff: &mut Duration, deadline: Instant) {
-    let wait = deadline
-        .saturating_duration_since(Instant::now())
-        .min(*backoff);
+    let wait = next_wait(backoff, deadline);
     let before = group.leader();
     // a timeout (no new leader within the wait) is the plain backoff
     let _ = group
@@ -83,7 +88,6 @@ async fn back_off_for_leader(group: &RaftGroup, backoff: &mut Duration, deadline
             m.leader.is_some() && m.leader != before
         })
         .await;
-    *backoff = (*backoff * 2).min(BACKOFF_MAX);
 }
 
 impl Partition {
