@@ -45,6 +45,7 @@ mod state_machine;
 mod storage;
 pub mod testing;
 mod view;
+mod window;
 
 pub use crate::{
     client::PartitionClient,

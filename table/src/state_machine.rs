@@ -1,141 +1,81 @@
 //! [`PartitionStateMachine`]: applies [`PartitionCommand`]s from a partition's Raft log to
-//! its [`PartitionStorage`], with a bounded window of command ids for idempotent retries.
-//!
-//! The window lives in the partition's meta keys, written in the same batch as the rows and
-//! the applied position, so it survives restarts and travels in snapshots:
-//! `c<command id>` -> (sequence, encoded response), `b<sequence / 64>` -> the ids of up to 64
-//! consecutive sequences (the first sequence, then 24 bytes per id), `n` -> the last
-//! sequence. Sequence `n` evicts `n - window`; a block goes once its last sequence is
-//! evicted. Every replica must use the same window.
-//!
-//! Blocks replaced one key per sequence (`s<sequence>` -> command id) to halve the keys a
-//! command writes; ids a partition recorded that way are still evicted from those keys.
+//! its [`PartitionStorage`], with a bounded window of command ids for idempotent retries
+//! (see [`crate::window`] for its layout).
 use std::{collections::HashMap, sync::Arc};
 
 use lifecycle::BoxError;
+use parking_lot::Mutex;
 use raft::{LogPosition, StateMachine};
 
 use crate::{
     command::{CommandId, PartitionCommand, PartitionOp, PartitionResponse},
     error::{Error, Result},
     storage::{PartitionStorage, WriteBatch},
+    window::Index,
 };
 
 /// How many command ids a partition remembers for idempotent retries, unless told otherwise.
 pub const DEFAULT_COMMAND_WINDOW: u64 = 10_000;
 
-const COMMAND_PREFIX: u8 = b'c';
-/// One key per sequence, as partitions recorded ids before blocks.
-const SEQ_PREFIX: u8 = b's';
-const BLOCK_PREFIX: u8 = b'b';
-const LAST_SEQ_KEY: &[u8] = b"n";
-/// Sequences per `b` block.
-const SEQS_PER_BLOCK: u64 = 64;
-const ID_BYTES: usize = 24;
-
-fn command_key(id: CommandId) -> Vec<u8> {
-    let mut key = vec![COMMAND_PREFIX];
-    key.extend_from_slice(&id.to_bytes());
-    key
-}
-
-fn seq_key(seq: u64) -> Vec<u8> {
-    let mut key = vec![SEQ_PREFIX];
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
-}
-
-fn block_key(seq: u64) -> Vec<u8> {
-    let mut key = vec![BLOCK_PREFIX];
-    key.extend_from_slice(&(seq / SEQS_PER_BLOCK).to_be_bytes());
-    key
-}
-
-/// A block's first sequence and its ids, or why the bytes are not a block.
-fn decode_block(raw: &[u8]) -> Result<(u64, &[u8])> {
-    let bad = |reason: String| Error::Decode {
-        what: "command id block",
-        reason,
-    };
-    let (first, ids) = raw.split_first_chunk::<8>().ok_or_else(|| {
-        bad(format!(
-            "{} bytes, fewer than its first sequence",
-            raw.len()
-        ))
-    })?;
-    if ids.len() % ID_BYTES != 0 || ids.len() as u64 > SEQS_PER_BLOCK * ID_BYTES as u64 {
-        return Err(bad(format!("{} bytes of ids", ids.len())));
-    }
-    Ok((u64::from_be_bytes(*first), ids))
-}
-
-/// The id recorded for `seq` in a block, if the block holds it.
-fn id_in_block(raw: &[u8], seq: u64) -> Result<Option<CommandId>> {
-    let (first, ids) = decode_block(raw)?;
-    let Some(at) = seq.checked_sub(first) else {
-        return Ok(None);
-    };
-    let start = usize::try_from(at)
-        .unwrap_or(usize::MAX)
-        .saturating_mul(ID_BYTES);
-    Ok(ids
-        .get(start..start.saturating_add(ID_BYTES))
-        .and_then(CommandId::from_bytes))
-}
-
-fn encode_u64(what: &'static str, value: &impl serde::Serialize) -> Result<Vec<u8>> {
-    postcard::to_stdvec(value).map_err(|e| Error::Encode {
-        what,
-        reason: e.to_string(),
-    })
-}
-
 /// Rows and meta keys as a command sees them: the changes of the commands before it in the
-/// same batch over the storage. Everything goes into one [`WriteBatch`].
-struct Overlay<'a> {
+/// same batch over the storage. [`into_batch`](Self::into_batch) makes them one
+/// [`WriteBatch`] (the last change of each key).
+pub(crate) struct Overlay<'a> {
     storage: &'a dyn PartitionStorage,
-    changed: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    meta_changed: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    batch: WriteBatch,
+    rows: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    meta: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl<'a> Overlay<'a> {
-    fn new(storage: &'a dyn PartitionStorage) -> Self {
+    pub(crate) fn new(storage: &'a dyn PartitionStorage) -> Self {
         Self {
             storage,
-            changed: HashMap::new(),
-            meta_changed: HashMap::new(),
-            batch: WriteBatch::new(),
+            rows: HashMap::new(),
+            meta: HashMap::new(),
         }
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        match self.changed.get(key) {
+        match self.rows.get(key) {
             Some(value) => Ok(value.clone()),
             None => self.storage.get(key),
         }
     }
 
     fn set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
-        self.changed.insert(key.clone(), value.clone());
-        self.batch.rows.push((key, value));
+        self.rows.insert(key, value);
     }
 
-    fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        match self.meta_changed.get(key) {
+    pub(crate) fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.meta.get(key) {
             Some(value) => Ok(value.clone()),
             None => self.storage.meta(key),
         }
     }
 
-    fn put_meta(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.meta_changed.insert(key.clone(), Some(value.clone()));
-        self.batch.put_meta(key, value);
+    /// Meta key `key`'s value to change in place (it joins the batch as it is left).
+    pub(crate) fn meta_mut(&mut self, key: &[u8]) -> Result<&mut Option<Vec<u8>>> {
+        if !self.meta.contains_key(key) {
+            let value = self.storage.meta(key)?;
+            self.meta.insert(key.to_vec(), value);
+        }
+        Ok(self.meta.entry(key.to_vec()).or_default())
     }
 
-    fn delete_meta(&mut self, key: Vec<u8>) {
-        self.meta_changed.insert(key.clone(), None);
-        self.batch.delete_meta(key);
+    pub(crate) fn put_meta(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.meta.insert(key, Some(value));
+    }
+
+    pub(crate) fn delete_meta(&mut self, key: Vec<u8>) {
+        self.meta.insert(key, None);
+    }
+
+    fn into_batch(self) -> WriteBatch {
+        WriteBatch {
+            rows: self.rows.into_iter().collect(),
+            meta: self.meta.into_iter().collect(),
+            applied: None,
+        }
     }
 }
 
@@ -145,6 +85,9 @@ pub struct PartitionStateMachine {
     partition: u32,
     storage: Arc<dyn PartitionStorage>,
     window: u64,
+    /// The window's in-memory index, built at the first use (`None` again after a restore
+    /// or a failed apply, so that it is rebuilt from what the storage holds).
+    index: Mutex<Option<Index>>,
 }
 
 impl std::fmt::Debug for PartitionStateMachine {
@@ -175,7 +118,23 @@ impl PartitionStateMachine {
             partition,
             storage,
             window: window.max(1),
+            index: Mutex::new(None),
         }
+    }
+
+    /// Runs `f` with the window's index, built first if needed; a failure drops the index,
+    /// which may have run ahead of the storage.
+    fn with_index<T>(&self, f: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {
+        let mut slot = self.index.lock();
+        let index = match &mut *slot {
+            Some(index) => index,
+            None => slot.insert(Index::load(self.storage.as_ref())?),
+        };
+        let result = f(index);
+        if result.is_err() {
+            *slot = None;
+        }
+        result
     }
 
     /// The storage this state machine applies to (for local reads).
@@ -195,7 +154,7 @@ impl PartitionStateMachine {
 
     /// The remembered response of command `id`, if it is in the window.
     pub fn remembered(&self, id: CommandId) -> Result<Option<PartitionResponse>> {
-        decode_record(self.storage.meta(&command_key(id))?)
+        self.with_index(|index| index.lookup(&Overlay::new(self.storage.as_ref()), id, self.window))
     }
 
     /// Applies one encoded command at `position` and returns the response.
@@ -219,21 +178,24 @@ impl PartitionStateMachine {
         position: LogPosition,
         commands: &[Vec<u8>],
     ) -> Result<Vec<PartitionResponse>> {
-        let mut overlay = Overlay::new(self.storage.as_ref());
-        let responses = commands
-            .iter()
-            .map(|command| self.apply_one(&mut overlay, position, command))
-            .collect::<Result<Vec<_>>>()?;
-        let mut batch = overlay.batch;
-        batch.applied_at(position);
-        self.storage.apply(batch)?;
-        Ok(responses)
+        self.with_index(|index| {
+            let mut overlay = Overlay::new(self.storage.as_ref());
+            let responses = commands
+                .iter()
+                .map(|command| self.apply_one(&mut overlay, index, position, command))
+                .collect::<Result<Vec<_>>>()?;
+            let mut batch = overlay.into_batch();
+            batch.applied_at(position);
+            self.storage.apply(batch)?;
+            Ok(responses)
+        })
     }
 
     /// Plans one command over `overlay` (its writes and window bookkeeping join the batch).
     fn apply_one(
         &self,
         overlay: &mut Overlay<'_>,
+        index: &mut Index,
         position: LogPosition,
         command: &[u8],
     ) -> Result<PartitionResponse> {
@@ -252,7 +214,7 @@ impl PartitionStateMachine {
                 });
             }
         };
-        if let Some(response) = decode_record(overlay.meta(&command_key(command.id))?)? {
+        if let Some(response) = index.lookup(overlay, command.id, self.window)? {
             tracing::debug!(
                 table_id = %self.table_id,
                 partition = self.partition,
@@ -300,83 +262,9 @@ impl PartitionStateMachine {
                 PartitionResponse::Inserted(absent)
             }
         };
-        self.remember(overlay, command.id, &response)?;
+        index.remember(overlay, command.id, &response, self.window)?;
         Ok(response)
     }
-
-    /// Adds the window bookkeeping for `id`, evicting the oldest id when full.
-    fn remember(
-        &self,
-        overlay: &mut Overlay<'_>,
-        id: CommandId,
-        response: &PartitionResponse,
-    ) -> Result<()> {
-        let last: u64 = match overlay.meta(LAST_SEQ_KEY)? {
-            Some(raw) => {
-                postcard::from_bytes(&raw).map_err(|e| Error::decode("command sequence", e))?
-            }
-            None => 0,
-        };
-        let seq = last + 1;
-        let record = encode_u64("command record", &(seq, response.encode()?))?;
-        overlay.put_meta(command_key(id), record);
-        let block = block_key(seq);
-        let ids = match overlay.meta(&block)? {
-            Some(mut ids) => {
-                let (first, held) = decode_block(&ids)?;
-                if first + (held.len() / ID_BYTES) as u64 != seq {
-                    return Err(Error::Decode {
-                        what: "command id block",
-                        reason: format!(
-                            "it holds {} ids from sequence {first}, the next is {seq}",
-                            held.len() / ID_BYTES
-                        ),
-                    });
-                }
-                ids.extend_from_slice(&id.to_bytes());
-                ids
-            }
-            None => [&seq.to_be_bytes()[..], &id.to_bytes()].concat(),
-        };
-        overlay.put_meta(block, ids);
-        overlay.put_meta(LAST_SEQ_KEY.to_vec(), encode_u64("command sequence", &seq)?);
-        if seq > self.window {
-            self.evict(overlay, seq - self.window)?;
-        }
-        Ok(())
-    }
-
-    /// Forgets the id recorded for sequence `evicted` (in its block, or in the key per
-    /// sequence of older records), and the block once its last sequence goes.
-    fn evict(&self, overlay: &mut Overlay<'_>, evicted: u64) -> Result<()> {
-        let block = block_key(evicted);
-        if let Some(raw) = overlay.meta(&block)? {
-            if let Some(old) = id_in_block(&raw, evicted)? {
-                overlay.delete_meta(command_key(old));
-                if evicted % SEQS_PER_BLOCK == SEQS_PER_BLOCK - 1 {
-                    overlay.delete_meta(block);
-                }
-                return Ok(());
-            }
-        }
-        if let Some(raw) = overlay.meta(&seq_key(evicted))? {
-            if let Some(old) = CommandId::from_bytes(&raw) {
-                overlay.delete_meta(command_key(old));
-            }
-            overlay.delete_meta(seq_key(evicted));
-        }
-        Ok(())
-    }
-}
-
-/// A remembered command record's response.
-fn decode_record(raw: Option<Vec<u8>>) -> Result<Option<PartitionResponse>> {
-    let Some(raw) = raw else {
-        return Ok(None);
-    };
-    let (_seq, response): (u64, Vec<u8>) =
-        postcard::from_bytes(&raw).map_err(|e| Error::decode("command record", e))?;
-    PartitionResponse::decode(&response).map(Some)
 }
 
 impl StateMachine for PartitionStateMachine {
@@ -425,6 +313,9 @@ impl StateMachine for PartitionStateMachine {
     }
 
     fn restore(&self, position: LogPosition, data: &[u8]) -> Result<(), BoxError> {
+        // the window's index is rebuilt from the restored blocks at the next use
+        let mut index = self.index.lock();
+        *index = None;
         self.storage.restore(data)?;
         let mut batch = WriteBatch::new();
         batch.applied_at(position);
@@ -443,6 +334,10 @@ impl StateMachine for PartitionStateMachine {
 mod tests {
     use super::*;
     use crate::storage::MemoryPartitionStorage;
+    use crate::window::{
+        append_record, command_key, decode_id_block, encode_postcard, id_block_key, id_in_block,
+        seq_key, walk_block, window_block_key, INLINE_LIMIT, LAST_SEQ_KEY, SEQS_PER_BLOCK,
+    };
 
     fn pos(index: u64) -> LogPosition {
         LogPosition { index, term: 1 }
@@ -569,20 +464,16 @@ mod tests {
         // a retry answers the first response even though the key now exists
         assert_eq!(run(&sm, 2, &first), PartitionResponse::Inserted(true));
         assert_eq!(storage.get(b"k").expect("get"), Some(b"1".to_vec()));
-        let delete = |seq| {
-            PartitionCommand::new(
-                id(seq),
-                PartitionOp::Delete {
-                    keys: vec![b"x".to_vec()],
-                },
-            )
-        };
-        run(&sm, 3, &delete(2));
-        run(&sm, 4, &delete(3));
+        // sequences 2..=64 keep command 1 (its block holds to 63); 65 evicts 63 and the block
+        for seq in 2..=64 {
+            run(&sm, seq + 1, &delete_x(seq));
+        }
+        assert!(sm.remembered(id(1)).expect("read").is_some());
+        run(&sm, 66, &delete_x(65));
         // the window of 2 evicted command 1: it is applied again
         assert_eq!(sm.remembered(id(1)).expect("read"), None);
-        assert_eq!(run(&sm, 5, &first), PartitionResponse::Inserted(false));
-        assert!(sm.remembered(id(3)).expect("read").is_some());
+        assert_eq!(run(&sm, 67, &first), PartitionResponse::Inserted(false));
+        assert!(sm.remembered(id(65)).expect("read").is_some());
     }
 
     fn delete_x(seq: u64) -> PartitionCommand {
@@ -595,36 +486,107 @@ mod tests {
     }
 
     #[test]
-    fn the_window_keeps_ids_in_blocks_and_drops_a_block_with_its_last_id() {
+    fn the_window_keeps_records_in_blocks_and_drops_a_block_with_its_last_id() {
         let storage: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
         let sm = PartitionStateMachine::with_command_window("t", 0, Arc::clone(&storage), 100);
         for seq in 1..=300 {
             run(&sm, seq, &delete_x(seq));
         }
+        // sequence 300 evicted 200: blocks 0..=2 (to 191) went, block 3 (192..=255) stays
+        // until 255 is evicted
         for seq in 1..=300 {
             assert_eq!(
                 sm.remembered(id(seq)).expect("read").is_some(),
-                seq > 200,
-                "command {seq} in a window of the last 100"
+                seq >= 192,
+                "command {seq} in a window of the last 100 to 163"
             );
         }
-        // sequences 201..=300 live in blocks 3 (192..=255) and 4 (256..=319)
         for block in 0..5u64 {
             let held = storage
-                .meta(&block_key(block * SEQS_PER_BLOCK))
+                .meta(&window_block_key(block * SEQS_PER_BLOCK))
                 .expect("meta");
             assert_eq!(held.is_some(), block >= 3, "block {block}");
         }
         let raw = storage
-            .meta(&block_key(256))
+            .meta(&window_block_key(256))
             .expect("meta")
             .expect("block 4");
-        assert_eq!(id_in_block(&raw, 300).expect("decode"), Some(id(300)));
-        assert_eq!(id_in_block(&raw, 255).expect("decode"), None);
-        assert!(
-            storage.meta(&seq_key(300)).expect("meta").is_none(),
-            "no key per sequence"
+        let mut records = Vec::new();
+        let (first, count) = walk_block(&raw, |seq, (i, inline)| {
+            records.push((seq, i, inline.is_some()))
+        })
+        .expect("decode");
+        assert_eq!((first, count), (256, 45));
+        assert_eq!(records.last(), Some(&(300, id(300), true)));
+        // one meta key per block, none per command
+        let keys = storage.meta_with_prefix(b"").expect("scan");
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        // a state machine over the same storage (a restart) rebuilds the index from it
+        let again = PartitionStateMachine::with_command_window("t", 0, Arc::clone(&storage), 100);
+        assert!(again.remembered(id(250)).expect("read").is_some());
+        assert_eq!(again.remembered(id(150)).expect("read"), None);
+        assert_eq!(
+            run(&again, 301, &delete_x(300)),
+            PartitionResponse::Deleted(vec![false]),
+            "a retry after the restart is answered from the window"
         );
+        assert_eq!(storage.last_applied().expect("read"), Some(pos(301)));
+    }
+
+    #[test]
+    fn a_large_response_lives_out_of_line_and_goes_with_its_block() {
+        let storage: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
+        let sm = PartitionStateMachine::with_command_window("t", 0, Arc::clone(&storage), 10);
+        let big = vec![7u8; INLINE_LIMIT * 2];
+        let swap = |value: Vec<u8>| PartitionOp::GetAndUpsert {
+            key: b"k".to_vec(),
+            value,
+        };
+        run(&sm, 1, &PartitionCommand::new(id(1), swap(big.clone())));
+        let second = PartitionCommand::new(id(2), swap(b"small".to_vec()));
+        let answer = PartitionResponse::Previous(Some(big.clone()));
+        assert_eq!(run(&sm, 2, &second), answer);
+        assert!(
+            storage.meta(&command_key(id(2))).expect("meta").is_some(),
+            "the response holding the large row is out of line"
+        );
+        assert!(
+            storage.meta(&command_key(id(1))).expect("meta").is_none(),
+            "a small response is in the block"
+        );
+        // a retry gets the first (large) answer, not the current value
+        assert_eq!(run(&sm, 3, &second), answer);
+        assert_eq!(storage.get(b"k").expect("get"), Some(b"small".to_vec()));
+        // sequence 73 evicts 63, the last of block 0: its out-of-line response goes too
+        for seq in 3..=73 {
+            run(&sm, 3 + seq, &delete_x(seq));
+        }
+        assert_eq!(sm.remembered(id(2)).expect("read"), None);
+        assert!(storage.meta(&command_key(id(2))).expect("meta").is_none());
+        assert!(storage.meta(&window_block_key(0)).expect("meta").is_none());
+    }
+
+    #[test]
+    fn a_restored_snapshot_replaces_the_window() {
+        let source: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
+        let leader = PartitionStateMachine::new("t", 0, Arc::clone(&source));
+        run(&leader, 1, &delete_x(1));
+        run(&leader, 2, &delete_x(2));
+        let snapshot = StateMachine::snapshot(&leader).expect("snapshot");
+        let storage: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
+        let follower = PartitionStateMachine::new("t", 0, Arc::clone(&storage));
+        run(&follower, 1, &delete_x(9));
+        assert!(follower.remembered(id(9)).expect("read").is_some());
+        StateMachine::restore(&follower, pos(2), &snapshot).expect("restore");
+        assert_eq!(follower.remembered(id(9)).expect("read"), None);
+        assert!(follower.remembered(id(2)).expect("read").is_some());
+        // the next command continues the restored sequence
+        run(&follower, 3, &delete_x(3));
+        let raw = storage
+            .meta(&window_block_key(0))
+            .expect("meta")
+            .expect("block 0");
+        assert_eq!(walk_block(&raw, |_, _| {}).expect("decode"), (1, 3));
     }
 
     #[test]
@@ -633,7 +595,7 @@ mod tests {
         // the layout before blocks: sequences 1..=5 for commands 1..=5
         let mut batch = WriteBatch::new();
         for seq in 1..=5u64 {
-            let record = encode_u64(
+            let record = encode_postcard(
                 "command record",
                 &(
                     seq,
@@ -646,7 +608,10 @@ mod tests {
             batch.put_meta(command_key(id(seq)), record);
             batch.put_meta(seq_key(seq), id(seq).to_bytes().to_vec());
         }
-        batch.put_meta(LAST_SEQ_KEY.to_vec(), encode_u64("seq", &5u64).expect("n"));
+        batch.put_meta(
+            LAST_SEQ_KEY.to_vec(),
+            encode_postcard("seq", &5u64).expect("n"),
+        );
         batch.applied_at(pos(5));
         storage.apply(batch).expect("old layout");
         let sm = PartitionStateMachine::with_command_window("t", 0, Arc::clone(&storage), 5);
@@ -676,28 +641,106 @@ mod tests {
         }
     }
 
+    #[test]
+    fn ids_recorded_in_blocks_of_ids_are_still_answered_and_evicted() {
+        let storage: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
+        // the layout before record blocks: a record per command, ids in `b` blocks
+        let mut batch = WriteBatch::new();
+        let mut ids = 1u64.to_be_bytes().to_vec();
+        for seq in 1..=63u64 {
+            let response = PartitionResponse::Deleted(vec![false])
+                .encode()
+                .expect("encode");
+            let record = encode_postcard("command record", &(seq, response)).expect("record");
+            batch.put_meta(command_key(id(seq)), record);
+            ids.extend_from_slice(&id(seq).to_bytes());
+        }
+        batch.put_meta(id_block_key(1), ids);
+        batch.put_meta(
+            LAST_SEQ_KEY.to_vec(),
+            encode_postcard("seq", &63u64).expect("n"),
+        );
+        batch.applied_at(pos(63));
+        storage.apply(batch).expect("old layout");
+        let sm = PartitionStateMachine::with_command_window("t", 0, Arc::clone(&storage), 63);
+        assert_eq!(
+            run(&sm, 64, &delete_x(5)),
+            PartitionResponse::Deleted(vec![false]),
+            "a retry of an old record is answered"
+        );
+        assert_eq!(storage.get(b"x").expect("get"), None);
+        for seq in 64..=126 {
+            run(&sm, seq + 1, &delete_x(seq));
+        }
+        // 126 evicted 63: every old record and the block of ids went
+        assert!(storage.meta(&id_block_key(1)).expect("meta").is_none());
+        for seq in 1..=63 {
+            assert!(storage.meta(&command_key(id(seq))).expect("meta").is_none());
+            assert_eq!(sm.remembered(id(seq)).expect("read"), None);
+        }
+        assert!(sm.remembered(id(100)).expect("read").is_some());
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_block_bytes_never_panic(raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000), seq in proptest::prelude::any::<u64>()) {
             let _ = id_in_block(&raw, seq);
+            let _ = walk_block(&raw, |_, _| {});
+        }
+
+        #[test]
+        fn window_blocks_round_trip_and_any_cut_is_refused_or_a_prefix(
+            first in 0u64..10_000,
+            responses in proptest::collection::vec(proptest::option::of(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)), 1..64),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let room = (SEQS_PER_BLOCK - first % SEQS_PER_BLOCK) as usize;
+            let responses = &responses[..responses.len().min(room)];
+            let mut raw = first.to_be_bytes().to_vec();
+            for (n, response) in responses.iter().enumerate() {
+                append_record(&mut raw, id(n as u64), response.as_deref());
+            }
+            let mut seen = Vec::new();
+            let (f, count) = walk_block(&raw, |seq, (i, r)| seen.push((seq, i, r.map(<[u8]>::to_vec)))).expect("decode");
+            proptest::prop_assert_eq!((f, count as usize), (first, responses.len()));
+            for (n, (seq, i, r)) in seen.into_iter().enumerate() {
+                proptest::prop_assert_eq!(seq, first + n as u64);
+                proptest::prop_assert_eq!(i, id(n as u64));
+                proptest::prop_assert_eq!(r, responses[n].clone());
+            }
+            let at = cut.index(raw.len());
+            if let Ok((f, count)) = walk_block(&raw[..at], |_, _| {}) {
+                proptest::prop_assert_eq!(f, first);
+                proptest::prop_assert!((count as usize) < responses.len() || at == raw.len());
+            }
         }
     }
 
     #[test]
     fn a_damaged_block_is_a_decode_error_not_a_panic() {
-        assert!(decode_block(&[1, 2, 3]).is_err());
-        assert!(decode_block(&[0u8; 8 + 23]).is_err());
-        assert!(decode_block(&vec![0u8; 8 + 24 * 65]).is_err());
+        assert!(decode_id_block(&[1, 2, 3]).is_err());
+        assert!(decode_id_block(&[0u8; 8 + 23]).is_err());
+        assert!(decode_id_block(&vec![0u8; 8 + 24 * 65]).is_err());
         assert_eq!(id_in_block(&[0u8; 8 + 24], 5).expect("decode"), None);
+        let mut raw = 63u64.to_be_bytes().to_vec();
+        append_record(&mut raw, id(1), Some(b"x"));
+        append_record(&mut raw, id(2), Some(b"y"));
+        let err = walk_block(&raw, |_, _| {}).expect_err("two records where one fits");
+        assert!(err.to_string().contains("more than the 1 records"), "{err}");
         let storage: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
         let mut batch = WriteBatch::new();
-        batch.put_meta(block_key(1), vec![9u8; 5]);
+        batch.put_meta(window_block_key(1), vec![9u8; 5]);
         storage.apply(batch).expect("damage");
         let sm = PartitionStateMachine::new("t", 0, Arc::clone(&storage));
         let err = sm
             .apply_command(pos(1), &delete_x(1).encode().expect("encode"))
             .expect_err("a damaged block");
-        assert!(err.to_string().contains("command id block"), "{err}");
+        assert!(err.to_string().contains("command window block"), "{err}");
+        assert_eq!(
+            storage.last_applied().expect("read"),
+            None,
+            "nothing applied"
+        );
     }
 
     #[test]

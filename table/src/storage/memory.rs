@@ -92,6 +92,16 @@ impl PartitionStorage for MemoryPartitionStorage {
         self.read(|s| s.meta.get(key).cloned())
     }
 
+    fn meta_with_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.read(|s| {
+            s.meta
+                .range(prefix.to_vec()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+    }
+
     fn apply(&self, batch: WriteBatch) -> Result<()> {
         let mut guard = self.state.write();
         let state = guard.as_mut().ok_or_else(|| self.destroyed())?;

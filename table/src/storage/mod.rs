@@ -39,6 +39,8 @@ pub trait PartitionStorage: Send + Sync + 'static {
     }
     /// The value of meta key `key`.
     fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Every meta key starting with `prefix` and its value, in key order.
+    fn meta_with_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Applies `batch` atomically: all of it is visible or none, and after a restart all of
     /// it or none is there, together with its applied position. It may be lost in a crash
     /// (the sled storage writes behind): the Raft log, which is durable, applies it again.

@@ -376,6 +376,39 @@ impl PartitionStorage for SledPartitionStorage {
         self.sled(|| self.tree.get(key).map(|v| v.map(|v| v.to_vec())))
     }
 
+    fn meta_with_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.check()?;
+        // pending first: a write-out puts a change in sled before it forgets it, so what
+        // left the pending layers by the time sled is read is in sled
+        let pending: BTreeMap<Vec<u8>, Option<Vec<u8>>> = {
+            let layers = self.pending.read();
+            let mut out = BTreeMap::new();
+            for layer in [&layers.frozen, &layers.active] {
+                out.extend(
+                    layer
+                        .meta
+                        .range(prefix.to_vec()..)
+                        .take_while(|(k, _)| k.starts_with(prefix))
+                        .map(|(k, v)| (k.clone(), v.clone())),
+                );
+            }
+            out
+        };
+        let stored: Vec<(Vec<u8>, Vec<u8>)> = self.sled(|| {
+            self.tree
+                .scan_prefix(prefixed(META_PREFIX, prefix))
+                .map(|kv| kv.map(|(k, v)| (k[1..].to_vec(), v.to_vec())))
+                .collect()
+        })?;
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+            stored.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        merged.extend(pending);
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
+    }
+
     /// Takes the batch into the active layer (visible to reads at once); it reaches sled at
     /// the next write-out, all or nothing with its applied position. When the backlog was
     /// already full before this batch, the apply first waits for a write-out of its own.

@@ -83,6 +83,15 @@ fn key(k: u8) -> Vec<u8> {
     }
 }
 
+fn meta_key(k: u8) -> Vec<u8> {
+    // two of them share the prefix [1] (prefix scans)
+    if k % 2 == 1 {
+        vec![1, k]
+    } else {
+        vec![k]
+    }
+}
+
 #[derive(Default)]
 struct Model {
     rows: BTreeMap<Vec<u8>, Vec<u8>>,
@@ -108,9 +117,18 @@ fn check(storage: &dyn PartitionStorage, model: &Model) -> Result<(), TestCaseEr
     }
     for k in 0u8..4 {
         prop_assert_eq!(
-            storage.meta(&[k]).expect("meta"),
-            model.meta.get(&vec![k]).cloned()
+            storage.meta(&meta_key(k)).expect("meta"),
+            model.meta.get(&meta_key(k)).cloned()
         );
+    }
+    for prefix in [&[][..], &[1], &[2], &[1, 3], &[9]] {
+        let want: Vec<(Vec<u8>, Vec<u8>)> = model
+            .meta
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        prop_assert_eq!(storage.meta_with_prefix(prefix).expect("meta scan"), want);
     }
     // a scan from every key with a small limit matches the model's range
     for k in 0u8..24 {
@@ -147,12 +165,12 @@ fn run_model(
                     model.rows.remove(&key(k));
                 }
                 Op::Meta(k, Some(v)) => {
-                    batch.put_meta(vec![k], vec![v]);
-                    model.meta.insert(vec![k], vec![v]);
+                    batch.put_meta(meta_key(k), vec![v]);
+                    model.meta.insert(meta_key(k), vec![v]);
                 }
                 Op::Meta(k, None) => {
-                    batch.delete_meta(vec![k]);
-                    model.meta.remove(&vec![k]);
+                    batch.delete_meta(meta_key(k));
+                    model.meta.remove(&meta_key(k));
                 }
             }
         }
