@@ -254,7 +254,11 @@ impl Index {
     }
 
     fn insert(&mut self, id: CommandId, seq: u64) {
-        match self.by_fingerprint.entry(fingerprint(id)) {
+        self.insert_at(fingerprint(id), id, seq);
+    }
+
+    fn insert_at(&mut self, fingerprint: u64, id: CommandId, seq: u64) {
+        match self.by_fingerprint.entry(fingerprint) {
             Entry::Vacant(slot) => {
                 slot.insert(seq);
             }
@@ -263,12 +267,29 @@ impl Index {
     }
 
     fn remove(&mut self, id: CommandId, seq: u64) {
-        let fingerprint = fingerprint(id);
+        self.remove_at(fingerprint(id), seq);
+    }
+
+    fn remove_at(&mut self, fingerprint: u64, seq: u64) {
         if self.by_fingerprint.get(&fingerprint) == Some(&seq) {
             self.by_fingerprint.remove(&fingerprint);
         } else {
             self.collided.retain(|(_, s)| *s != seq);
         }
+    }
+
+    /// The sequences that may hold `id` (each is confirmed against its block).
+    fn candidates(&self, fingerprint: u64, id: CommandId) -> impl Iterator<Item = u64> + '_ {
+        self.by_fingerprint
+            .get(&fingerprint)
+            .copied()
+            .into_iter()
+            .chain(
+                self.collided
+                    .iter()
+                    .filter(move |(i, _)| *i == id)
+                    .map(|(_, s)| *s),
+            )
     }
 
     /// The response command `id` got, if the window holds it.
@@ -417,4 +438,32 @@ fn evict_legacy(overlay: &mut Overlay<'_>, evicted: u64) -> Result<()> {
         overlay.delete_meta(seq_key(evicted));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(seq: u64) -> CommandId {
+        CommandId::new(uuid::Uuid::from_u128(9), seq)
+    }
+
+    #[test]
+    fn ids_sharing_a_fingerprint_are_all_found_and_each_leaves_alone() {
+        let mut index = Index::default();
+        index.insert_at(42, id(1), 1);
+        index.insert_at(42, id(2), 2);
+        index.insert_at(7, id(3), 3);
+        let found = |index: &Index, id| index.candidates(42, id).collect::<Vec<_>>();
+        // the first id's sequence is a candidate for both; the block there tells them apart
+        assert_eq!(found(&index, id(1)), vec![1]);
+        assert_eq!(found(&index, id(2)), vec![1, 2]);
+        index.remove_at(42, 1);
+        assert_eq!(found(&index, id(2)), vec![2]);
+        assert_eq!(found(&index, id(1)), Vec::<u64>::new());
+        index.remove_at(42, 2);
+        assert_eq!(found(&index, id(2)), Vec::<u64>::new());
+        assert!(index.collided.is_empty());
+        assert_eq!(index.candidates(7, id(3)).collect::<Vec<_>>(), vec![3]);
+    }
 }
