@@ -299,18 +299,7 @@ impl Index {
         id: CommandId,
         window: u64,
     ) -> Result<Option<PartitionResponse>> {
-        let candidates = self
-            .by_fingerprint
-            .get(&fingerprint(id))
-            .copied()
-            .into_iter()
-            .chain(
-                self.collided
-                    .iter()
-                    .filter(|(i, _)| *i == id)
-                    .map(|(_, s)| *s),
-            );
-        for seq in candidates {
+        for seq in self.candidates(fingerprint(id), id) {
             if let Some(response) = response_at(overlay, id, seq)? {
                 return Ok(Some(response));
             }
