@@ -589,31 +589,37 @@ mod tests {
         assert_eq!(walk_block(&raw, |_, _| {}).expect("decode"), (1, 3));
     }
 
+    /// Writes what an earlier layout held for commands 1..=`last` (sequences alike): a
+    /// record per command, the last sequence, and what `index` adds per sequence.
+    fn write_old_records(
+        storage: &dyn PartitionStorage,
+        last: u64,
+        mut index: impl FnMut(&mut WriteBatch, u64),
+    ) {
+        let mut batch = WriteBatch::new();
+        for seq in 1..=last {
+            let response = PartitionResponse::Deleted(vec![false])
+                .encode()
+                .expect("encode");
+            let record = encode_postcard("command record", &(seq, response)).expect("record");
+            batch.put_meta(command_key(id(seq)), record);
+            index(&mut batch, seq);
+        }
+        batch.put_meta(
+            LAST_SEQ_KEY.to_vec(),
+            encode_postcard("seq", &last).expect("n"),
+        );
+        batch.applied_at(pos(last));
+        storage.apply(batch).expect("old layout");
+    }
+
     #[test]
     fn ids_recorded_one_key_per_sequence_are_still_evicted() {
         let storage: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
         // the layout before blocks: sequences 1..=5 for commands 1..=5
-        let mut batch = WriteBatch::new();
-        for seq in 1..=5u64 {
-            let record = encode_postcard(
-                "command record",
-                &(
-                    seq,
-                    PartitionResponse::Deleted(vec![false])
-                        .encode()
-                        .expect("encode"),
-                ),
-            )
-            .expect("record");
-            batch.put_meta(command_key(id(seq)), record);
+        write_old_records(storage.as_ref(), 5, |batch, seq| {
             batch.put_meta(seq_key(seq), id(seq).to_bytes().to_vec());
-        }
-        batch.put_meta(
-            LAST_SEQ_KEY.to_vec(),
-            encode_postcard("seq", &5u64).expect("n"),
-        );
-        batch.applied_at(pos(5));
-        storage.apply(batch).expect("old layout");
+        });
         let sm = PartitionStateMachine::with_command_window("t", 0, Arc::clone(&storage), 5);
         assert!(
             sm.remembered(id(3)).expect("read").is_some(),
@@ -645,23 +651,15 @@ mod tests {
     fn ids_recorded_in_blocks_of_ids_are_still_answered_and_evicted() {
         let storage: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
         // the layout before record blocks: a record per command, ids in `b` blocks
-        let mut batch = WriteBatch::new();
         let mut ids = 1u64.to_be_bytes().to_vec();
         for seq in 1..=63u64 {
-            let response = PartitionResponse::Deleted(vec![false])
-                .encode()
-                .expect("encode");
-            let record = encode_postcard("command record", &(seq, response)).expect("record");
-            batch.put_meta(command_key(id(seq)), record);
             ids.extend_from_slice(&id(seq).to_bytes());
         }
-        batch.put_meta(id_block_key(1), ids);
-        batch.put_meta(
-            LAST_SEQ_KEY.to_vec(),
-            encode_postcard("seq", &63u64).expect("n"),
-        );
-        batch.applied_at(pos(63));
-        storage.apply(batch).expect("old layout");
+        write_old_records(storage.as_ref(), 63, |batch, seq| {
+            if seq == 63 {
+                batch.put_meta(id_block_key(1), ids.clone());
+            }
+        });
         let sm = PartitionStateMachine::with_command_window("t", 0, Arc::clone(&storage), 63);
         assert_eq!(
             run(&sm, 64, &delete_x(5)),

@@ -52,28 +52,27 @@ const KIND_INLINE: u8 = 0;
 const KIND_OUT_OF_LINE: u8 = 1;
 const BLOCK: &str = "command window block";
 
-pub(crate) fn command_key(id: CommandId) -> Vec<u8> {
-    let mut key = vec![COMMAND_PREFIX];
-    key.extend_from_slice(&id.to_bytes());
+fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + rest.len());
+    key.push(prefix);
+    key.extend_from_slice(rest);
     key
+}
+
+pub(crate) fn command_key(id: CommandId) -> Vec<u8> {
+    key(COMMAND_PREFIX, &id.to_bytes())
 }
 
 pub(crate) fn window_block_key(seq: u64) -> Vec<u8> {
-    let mut key = vec![WINDOW_BLOCK_PREFIX];
-    key.extend_from_slice(&(seq / SEQS_PER_BLOCK).to_be_bytes());
-    key
+    key(WINDOW_BLOCK_PREFIX, &(seq / SEQS_PER_BLOCK).to_be_bytes())
 }
 
 pub(crate) fn seq_key(seq: u64) -> Vec<u8> {
-    let mut key = vec![SEQ_PREFIX];
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
+    key(SEQ_PREFIX, &seq.to_be_bytes())
 }
 
 pub(crate) fn id_block_key(seq: u64) -> Vec<u8> {
-    let mut key = vec![ID_BLOCK_PREFIX];
-    key.extend_from_slice(&(seq / SEQS_PER_BLOCK).to_be_bytes());
-    key
+    key(ID_BLOCK_PREFIX, &(seq / SEQS_PER_BLOCK).to_be_bytes())
 }
 
 pub(crate) fn encode_postcard(
