@@ -589,6 +589,12 @@ impl Seen {
     }
 }
 
+/// How often at most [`watch_group`] looks at a group's metrics while they keep changing
+/// (under writes they change with every entry): a change that comes sooner after the last
+/// look waits for the rest of this interval, so a busy group is looked at about 50 times a
+/// second, not once per entry, and an idle one at once.
+const METRICS_LOOK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Publishes a group's metrics and, on the first leader of a fresh group, adds the initial
 /// learners (in one membership change).
 async fn watch_group(
@@ -605,7 +611,15 @@ async fn watch_group(
     let mut seen: Option<Seen> = None;
     // the snapshot index at which a snapshot for the log's size was last asked for
     let mut asked_at: Option<Option<u64>> = None;
+    let mut looked: Option<tokio::time::Instant> = None;
     loop {
+        if let Some(wait) = looked.and_then(|at| METRICS_LOOK_INTERVAL.checked_sub(at.elapsed())) {
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        looked = Some(tokio::time::Instant::now());
         let built = {
             let m = rx.borrow_and_update();
             // openraft republishes its metrics on every heartbeat round (the time since the
