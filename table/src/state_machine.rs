@@ -534,6 +534,34 @@ mod tests {
     }
 
     #[test]
+    fn a_smaller_window_drops_every_block_it_no_longer_covers() {
+        let storage: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
+        let sm = PartitionStateMachine::with_command_window("t", 0, Arc::clone(&storage), 200);
+        for seq in 1..=300 {
+            run(&sm, seq, &delete_x(seq));
+        }
+        // 300 evicted 100: block 0 (to 63) went, block 1 (64..=127) stays
+        let held = |storage: &Arc<dyn PartitionStorage>| -> Vec<u64> {
+            (0..5u64)
+                .filter(|b| {
+                    storage
+                        .meta(&window_block_key(b * SEQS_PER_BLOCK))
+                        .expect("meta")
+                        .is_some()
+                })
+                .collect()
+        };
+        assert_eq!(held(&storage), vec![1, 2, 3, 4]);
+        // restarted with a window of 50: sequence 301 evicts 251, so blocks 1 and 2 go at
+        // once and block 3 (192..=255) stays
+        let smaller = PartitionStateMachine::with_command_window("t", 0, Arc::clone(&storage), 50);
+        run(&smaller, 301, &delete_x(301));
+        assert_eq!(held(&storage), vec![3, 4]);
+        assert_eq!(smaller.remembered(id(150)).expect("read"), None);
+        assert!(smaller.remembered(id(200)).expect("read").is_some());
+    }
+
+    #[test]
     fn a_large_response_lives_out_of_line_and_goes_with_its_block() {
         let storage: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
         let sm = PartitionStateMachine::with_command_window("t", 0, Arc::clone(&storage), 10);

@@ -10,8 +10,9 @@
 //!   as (sequence, response), so that appending to a block never copies large responses.
 //! - `n` -> the last sequence.
 //!
-//! Sequence `n` evicts `n - window`: when that is the last sequence of its block, the block
-//! goes, with its out-of-line responses. So a command writes about one meta key (its block,
+//! Sequence `n` evicts `n - window`: every block whose last sequence is at or below that goes,
+//! with its out-of-line responses (one block when its last sequence is evicted; more at once
+//! when the window shrank since they were written). So a command writes about one meta key (its block,
 //! rewritten in the write-behind layer) and a partition keeps between `window` and
 //! `window + 63` ids. Every replica must use the same window.
 //!
@@ -218,6 +219,8 @@ pub(crate) struct Index {
     legacy_last: u64,
     /// The last sequence recorded.
     last: u64,
+    /// The number (sequence / 64) of the oldest block that may be held.
+    oldest_block: u64,
 }
 
 impl Index {
@@ -248,7 +251,9 @@ impl Index {
                 index.insert(id, seq);
             }
         }
-        index.legacy_last = firsts.iter().min().map_or(last, |first| first - 1);
+        let first = firsts.iter().min().copied();
+        index.legacy_last = first.map_or(last, |first| first - 1);
+        index.oldest_block = first.unwrap_or(last + 1) / SEQS_PER_BLOCK;
         Ok(index)
     }
 
@@ -362,10 +367,18 @@ impl Index {
         if evicted <= self.legacy_last {
             return evict_legacy(overlay, evicted);
         }
-        if evicted % SEQS_PER_BLOCK != SEQS_PER_BLOCK - 1 {
-            return Ok(());
+        // every block whose last sequence is evicted goes: one when its last one is, more
+        // when the window shrank since the blocks were written
+        while self.oldest_block * SEQS_PER_BLOCK + SEQS_PER_BLOCK - 1 <= evicted {
+            self.drop_block(overlay, self.oldest_block * SEQS_PER_BLOCK)?;
+            self.oldest_block += 1;
         }
-        let key = window_block_key(evicted);
+        Ok(())
+    }
+
+    /// Removes the block holding `seq`, its ids from the index and its out-of-line responses.
+    fn drop_block(&mut self, overlay: &mut Overlay<'_>, seq: u64) -> Result<()> {
+        let key = window_block_key(seq);
         let Some(raw) = overlay.meta(&key)? else {
             return Ok(());
         };
