@@ -155,6 +155,14 @@ impl Error {
         }
     }
 
+    /// `value` as postcard bytes; the error names `what`.
+    pub(crate) fn postcard(what: &'static str, value: &impl serde::Serialize) -> Result<Vec<u8>> {
+        postcard::to_stdvec(value).map_err(|e| Self::Encode {
+            what,
+            reason: e.to_string(),
+        })
+    }
+
     pub(crate) fn decode(what: &'static str, reason: impl std::fmt::Display) -> Self {
         Self::Decode {
             what,

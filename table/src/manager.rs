@@ -75,15 +75,14 @@ struct StoredTable {
 
 impl TableInfo {
     pub(crate) fn encode(&self) -> Result<Vec<u8>> {
-        let body = postcard::to_stdvec(&StoredTable {
-            id: self.id.clone(),
-            partitions: self.partitions,
-            replicas: self.replicas,
-        })
-        .map_err(|e| Error::Encode {
-            what: "table definition",
-            reason: e.to_string(),
-        })?;
+        let body = Error::postcard(
+            "table definition",
+            &StoredTable {
+                id: self.id.clone(),
+                partitions: self.partitions,
+                replicas: self.replicas,
+            },
+        )?;
         let mut out = Vec::with_capacity(body.len() + 1);
         out.push(FORMAT);
         out.extend_from_slice(&body);

@@ -68,10 +68,7 @@ pub struct StableAssignment {
 impl StableAssignment {
     /// The bytes ordered like the index: `FORMAT`, the index big-endian, then postcard.
     pub(crate) fn encode(&self) -> Result<Vec<u8>> {
-        let body = postcard::to_stdvec(&self.voters).map_err(|e| Error::Encode {
-            what: "stable assignment",
-            reason: e.to_string(),
-        })?;
+        let body = Error::postcard("stable assignment", &self.voters)?;
         let mut out = Self::prefix(self.index);
         out.extend_from_slice(&body);
         Ok(out)

@@ -335,8 +335,8 @@ mod tests {
     use super::*;
     use crate::storage::MemoryPartitionStorage;
     use crate::window::{
-        append_record, command_key, decode_id_block, encode_postcard, id_block_key, id_in_block,
-        seq_key, walk_block, window_block_key, INLINE_LIMIT, LAST_SEQ_KEY, SEQS_PER_BLOCK,
+        append_record, command_key, decode_id_block, id_block_key, id_in_block, seq_key,
+        walk_block, window_block_key, INLINE_LIMIT, LAST_SEQ_KEY, SEQS_PER_BLOCK,
     };
 
     fn pos(index: u64) -> LogPosition {
@@ -629,13 +629,13 @@ mod tests {
             let response = PartitionResponse::Deleted(vec![false])
                 .encode()
                 .expect("encode");
-            let record = encode_postcard("command record", &(seq, response)).expect("record");
+            let record = Error::postcard("command record", &(seq, response)).expect("record");
             batch.put_meta(command_key(id(seq)), record);
             index(&mut batch, seq);
         }
         batch.put_meta(
             LAST_SEQ_KEY.to_vec(),
-            encode_postcard("seq", &last).expect("n"),
+            Error::postcard("seq", &last).expect("n"),
         );
         batch.applied_at(pos(last));
         storage.apply(batch).expect("old layout");
@@ -767,6 +767,35 @@ mod tests {
             None,
             "nothing applied"
         );
+        // a whole block that does not end at the last sequence: the next record would land
+        // at the wrong sequence
+        let storage: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
+        let mut block = 1u64.to_be_bytes().to_vec();
+        append_record(&mut block, id(1), Some(b"x"));
+        let mut batch = WriteBatch::new();
+        batch.put_meta(window_block_key(1), block);
+        batch.put_meta(
+            LAST_SEQ_KEY.to_vec(),
+            Error::postcard("seq", &5u64).expect("n"),
+        );
+        storage.apply(batch).expect("damage");
+        let sm = PartitionStateMachine::new("t", 0, Arc::clone(&storage));
+        let err = sm
+            .apply_command(pos(1), &delete_x(6).encode().expect("encode"))
+            .expect_err("a block behind the last sequence");
+        assert!(
+            err.to_string()
+                .contains("ends at sequence 1, the last sequence is 5"),
+            "{err}"
+        );
+        // a block with no record at all
+        let storage: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
+        let mut batch = WriteBatch::new();
+        batch.put_meta(window_block_key(0), 0u64.to_be_bytes().to_vec());
+        storage.apply(batch).expect("damage");
+        let sm = PartitionStateMachine::new("t", 0, Arc::clone(&storage));
+        let err = sm.remembered(id(1)).expect_err("an empty block");
+        assert!(err.to_string().contains("holds no records"), "{err}");
     }
 
     #[test]

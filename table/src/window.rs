@@ -76,16 +76,6 @@ pub(crate) fn id_block_key(seq: u64) -> Vec<u8> {
     key(ID_BLOCK_PREFIX, &(seq / SEQS_PER_BLOCK).to_be_bytes())
 }
 
-pub(crate) fn encode_postcard(
-    what: &'static str,
-    value: &impl serde::Serialize,
-) -> Result<Vec<u8>> {
-    postcard::to_stdvec(value).map_err(|e| Error::Encode {
-        what,
-        reason: e.to_string(),
-    })
-}
-
 /// A `c<command id>` record's response.
 pub(crate) fn decode_record(raw: Option<Vec<u8>>) -> Result<Option<PartitionResponse>> {
     let Some(raw) = raw else {
@@ -236,22 +226,37 @@ impl Index {
             last,
             ..Self::default()
         };
-        let mut firsts = Vec::new();
+        // blocks come in key order, so in sequence order
+        let (mut oldest, mut newest_end) = (None, None);
         for (key, raw) in storage.meta_with_prefix(&[WINDOW_BLOCK_PREFIX])? {
             let mut ids = Vec::new();
-            let (first, _) = walk_block(&raw, |seq, (id, _)| ids.push((id, seq)))?;
+            let (first, count) = walk_block(&raw, |seq, (id, _)| ids.push((id, seq)))?;
             if key != window_block_key(first) {
                 return Err(Error::decode(
                     BLOCK,
                     format!("a block from sequence {first} is stored under another block's key"),
                 ));
             }
-            firsts.push(first);
+            if count == 0 {
+                return Err(Error::decode(
+                    BLOCK,
+                    format!("the block from sequence {first} holds no records"),
+                ));
+            }
+            oldest.get_or_insert(first);
+            newest_end = Some(first + count - 1);
             for (id, seq) in ids {
                 index.insert(id, seq);
             }
         }
-        let first = firsts.iter().min().copied();
+        // the next record is appended to the newest block: it must end at the last sequence
+        if let Some(end) = newest_end.filter(|end| *end != last) {
+            return Err(Error::decode(
+                BLOCK,
+                format!("the newest block ends at sequence {end}, the last sequence is {last}"),
+            ));
+        }
+        let first = oldest;
         index.legacy_last = first.map_or(last, |first| first - 1);
         index.oldest_block = first.unwrap_or(last + 1) / SEQS_PER_BLOCK;
         Ok(index)
@@ -328,18 +333,9 @@ impl Index {
         let inline = encoded.len() <= INLINE_LIMIT;
         let block = overlay.meta_mut(&window_block_key(seq))?;
         match block {
-            Some(raw) => {
-                let (first, count) = walk_block(raw, |_, _| {})?;
-                if first + count != seq {
-                    return Err(Error::decode(
-                        BLOCK,
-                        format!(
-                            "it holds {count} records from sequence {first}, the next is {seq}"
-                        ),
-                    ));
-                }
-                append_record(raw, id, inline.then_some(encoded.as_slice()));
-            }
+            // the newest block, which ends at the last sequence (checked when the index was
+            // built, and only this index appends to it since)
+            Some(raw) => append_record(raw, id, inline.then_some(encoded.as_slice())),
             None => {
                 let mut raw = seq.to_be_bytes().to_vec();
                 append_record(&mut raw, id, inline.then_some(encoded.as_slice()));
@@ -347,14 +343,14 @@ impl Index {
             }
         }
         if !inline {
-            let record = encode_postcard("command record", &(seq, encoded))?;
+            let record = Error::postcard("command record", &(seq, encoded))?;
             overlay.put_meta(command_key(id), record);
         }
         self.insert(id, seq);
         self.last = seq;
         overlay.put_meta(
             LAST_SEQ_KEY.to_vec(),
-            encode_postcard("command sequence", &seq)?,
+            Error::postcard("command sequence", &seq)?,
         );
         if seq > window {
             self.evict(overlay, seq - window)?;

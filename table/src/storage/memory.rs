@@ -6,7 +6,8 @@ use parking_lot::{Mutex, RwLock};
 use raft::LogPosition;
 
 use super::{
-    apply_changes, PartitionSnapshot, PartitionStorage, PartitionStorageProvider, WriteBatch,
+    apply_changes, with_prefix, PartitionSnapshot, PartitionStorage, PartitionStorageProvider,
+    WriteBatch,
 };
 use crate::error::{Error, Result};
 
@@ -94,9 +95,7 @@ impl PartitionStorage for MemoryPartitionStorage {
 
     fn meta_with_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.read(|s| {
-            s.meta
-                .range(prefix.to_vec()..)
-                .take_while(|(k, _)| k.starts_with(prefix))
+            with_prefix(&s.meta, prefix)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         })

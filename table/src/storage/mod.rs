@@ -76,6 +76,15 @@ pub trait PartitionStorageProvider: Send + Sync + 'static {
     fn close(&self) -> Result<()>;
 }
 
+/// The entries of `map` whose key starts with `prefix`, in key order.
+pub(crate) fn with_prefix<'a, V>(
+    map: &'a BTreeMap<Vec<u8>, V>,
+    prefix: &'a [u8],
+) -> impl Iterator<Item = (&'a Vec<u8>, &'a V)> + 'a {
+    map.range(prefix.to_vec()..)
+        .take_while(move |(k, _)| k.starts_with(prefix))
+}
+
 /// One change in a [`WriteBatch`]: a new value, or `None` to delete.
 pub type Change = (Vec<u8>, Option<Vec<u8>>);
 

@@ -33,7 +33,7 @@ use parking_lot::{Mutex, RwLock};
 use raft::LogPosition;
 
 use super::{
-    parse_tree_name, tree_name, Change, PartitionSnapshot, PartitionStorage,
+    parse_tree_name, tree_name, with_prefix, Change, PartitionSnapshot, PartitionStorage,
     PartitionStorageProvider, WriteBatch,
 };
 use crate::error::{Error, Result};
@@ -177,6 +177,15 @@ impl Layers {
         out
     }
 
+    /// The pending meta changes under `prefix`, newest layer winning, in key order.
+    fn meta_with_prefix(&self, prefix: &[u8]) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        let mut out = BTreeMap::new();
+        for layer in [&self.frozen, &self.active] {
+            out.extend(with_prefix(&layer.meta, prefix).map(|(k, v)| (k.clone(), v.clone())));
+        }
+        out
+    }
+
     /// Puts what a failed write-out froze back under the newer active changes.
     fn unfreeze(&mut self) {
         let frozen = std::mem::take(&mut self.frozen);
@@ -192,10 +201,7 @@ impl Layers {
 }
 
 fn encode_position(position: &LogPosition) -> Result<Vec<u8>> {
-    postcard::to_stdvec(position).map_err(|e| Error::Encode {
-        what: "applied position",
-        reason: e.to_string(),
-    })
+    Error::postcard("applied position", position)
 }
 
 /// One partition: a tree in the node's partition database, with the applied changes that
@@ -380,28 +386,13 @@ impl PartitionStorage for SledPartitionStorage {
         self.check()?;
         // pending first: a write-out puts a change in sled before it forgets it, so what
         // left the pending layers by the time sled is read is in sled
-        let pending: BTreeMap<Vec<u8>, Option<Vec<u8>>> = {
-            let layers = self.pending.read();
-            let mut out = BTreeMap::new();
-            for layer in [&layers.frozen, &layers.active] {
-                out.extend(
-                    layer
-                        .meta
-                        .range(prefix.to_vec()..)
-                        .take_while(|(k, _)| k.starts_with(prefix))
-                        .map(|(k, v)| (k.clone(), v.clone())),
-                );
-            }
-            out
-        };
-        let stored: Vec<(Vec<u8>, Vec<u8>)> = self.sled(|| {
+        let pending = self.pending.read().meta_with_prefix(prefix);
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = self.sled(|| {
             self.tree
                 .scan_prefix(prefixed(META_PREFIX, prefix))
-                .map(|kv| kv.map(|(k, v)| (k[1..].to_vec(), v.to_vec())))
+                .map(|kv| kv.map(|(k, v)| (k[1..].to_vec(), Some(v.to_vec()))))
                 .collect()
         })?;
-        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
-            stored.into_iter().map(|(k, v)| (k, Some(v))).collect();
         merged.extend(pending);
         Ok(merged
             .into_iter()
