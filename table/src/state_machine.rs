@@ -485,13 +485,23 @@ mod tests {
         )
     }
 
-    #[test]
-    fn the_window_keeps_records_in_blocks_and_drops_a_block_with_its_last_id() {
+    /// A state machine with a window of `window` over memory storage, after commands
+    /// 1..=`commands` (sequence and log index alike).
+    fn window_after_commands(
+        window: u64,
+        commands: u64,
+    ) -> (Arc<dyn PartitionStorage>, PartitionStateMachine) {
         let storage: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
-        let sm = PartitionStateMachine::with_command_window("t", 0, Arc::clone(&storage), 100);
-        for seq in 1..=300 {
+        let sm = PartitionStateMachine::with_command_window("t", 0, Arc::clone(&storage), window);
+        for seq in 1..=commands {
             run(&sm, seq, &delete_x(seq));
         }
+        (storage, sm)
+    }
+
+    #[test]
+    fn the_window_keeps_records_in_blocks_and_drops_a_block_with_its_last_id() {
+        let (storage, sm) = window_after_commands(100, 300);
         // sequence 300 evicted 200: blocks 0..=2 (to 191) went, block 3 (192..=255) stays
         // until 255 is evicted
         for seq in 1..=300 {
@@ -535,11 +545,7 @@ mod tests {
 
     #[test]
     fn a_smaller_window_drops_every_block_it_no_longer_covers() {
-        let storage: Arc<dyn PartitionStorage> = Arc::new(MemoryPartitionStorage::new());
-        let sm = PartitionStateMachine::with_command_window("t", 0, Arc::clone(&storage), 200);
-        for seq in 1..=300 {
-            run(&sm, seq, &delete_x(seq));
-        }
+        let (storage, _) = window_after_commands(200, 300);
         // 300 evicted 100: block 0 (to 63) went, block 1 (64..=127) stays
         let held = |storage: &Arc<dyn PartitionStorage>| -> Vec<u64> {
             (0..5u64)
