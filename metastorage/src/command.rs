@@ -54,7 +54,7 @@ impl CompareOp {
 pub enum Check {
     /// The key is live and its value compares (bytewise) with the given one; false on an
     /// absent or removed key.
-    Value(CompareOp, Vec<u8>),
+    Value(CompareOp, #[serde(with = "serde_bytes")] Vec<u8>),
     /// The revision of the key's latest version (a tombstone's included; 0 when the key has
     /// no version) compares with the given one. `Revision(Eq, 0)` means "never written (or
     /// compacted away)".
@@ -71,6 +71,7 @@ pub enum Check {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct KeyTest {
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The check.
     pub check: Check,
@@ -270,13 +271,16 @@ pub enum Operation {
     /// Set the key's value.
     Put {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The new value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Remove the key (a tombstone; nothing if it has no live value).
     Remove {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
 }

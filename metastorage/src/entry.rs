@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Entry {
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The value; `None` for a tombstone.
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
     /// The revision that wrote this version.
     pub revision: u64,

@@ -15,6 +15,7 @@
 //! - bad input (garbage, oversize frames, unknown groups or versions, silent peers) drops
 //!   that one connection, never the node;
 //! - after stop begins, `send` and `invoke` fail with `Stopping` and pending invokes fail.
+pub mod bytes_serde;
 mod config;
 mod error;
 mod manager;

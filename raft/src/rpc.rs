@@ -37,11 +37,11 @@ pub(crate) enum RaftRequest {
     Vote(VoteRequest<u64>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A client write forwarded to the leader.
-    Write(Vec<u8>),
+    Write(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A follower asks the leader for a read index.
     ReadIndex,
     /// Client writes forwarded to the leader together, applied in order, answered each.
-    WriteBatch(Vec<Vec<u8>>),
+    WriteBatch(#[serde(with = "network::bytes_serde::list")] Vec<Vec<u8>>),
 }
 
 /// Why a forwarded request was not served.

@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Command {
     /// One command.
-    One(Vec<u8>),
+    One(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Commands of concurrent writes committed together (group commit: one append and one
     /// fsync per replica for all of them), applied in order.
-    Batch(Vec<Vec<u8>>),
+    Batch(#[serde(with = "network::bytes_serde::list")] Vec<Vec<u8>>),
 }
 
 /// The state machine's answers to the commands of one applied entry, in order (none for

@@ -56,30 +56,37 @@ pub enum PartitionOp {
     /// Sets every row (a later row with the same key wins).
     Upsert {
         /// (key, value) pairs.
+        #[serde(with = "network::bytes_serde::pairs")]
         rows: Vec<(Vec<u8>, Vec<u8>)>,
     },
     /// Deletes every key; answers [`PartitionResponse::Deleted`].
     Delete {
         /// The keys.
+        #[serde(with = "network::bytes_serde::list")]
         keys: Vec<Vec<u8>>,
     },
     /// Deletes a key; answers [`PartitionResponse::Previous`] with the deleted value.
     GetAndDelete {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Sets a row; answers [`PartitionResponse::Previous`] with the value it replaced.
     GetAndUpsert {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The new value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Sets a row only if the key is absent; answers [`PartitionResponse::Inserted`].
     Insert {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
 }
@@ -118,7 +125,7 @@ pub enum PartitionResponse {
     /// For each key of a delete: whether it existed.
     Deleted(Vec<bool>),
     /// The value before a get-and-delete or get-and-upsert.
-    Previous(Option<Vec<u8>>),
+    Previous(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
     /// Whether an insert found the key absent and wrote it.
     Inserted(bool),
     /// The entry was not a valid command; nothing changed. Every replica answers the same.

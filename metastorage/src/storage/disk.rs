@@ -93,6 +93,7 @@ mod meta_key {
 
 #[derive(Serialize, Deserialize)]
 struct StoredVersion {
+    #[serde(with = "serde_bytes")]
     value: Option<Vec<u8>>,
     update_counter: u64,
 }

@@ -143,8 +143,10 @@ pub struct PartitionSnapshot {
     /// The last applied log position.
     pub last_applied: Option<LogPosition>,
     /// Every row, in key order.
+    #[serde(with = "network::bytes_serde::pairs")]
     pub rows: Vec<(Vec<u8>, Vec<u8>)>,
     /// Every meta key, in key order.
+    #[serde(with = "network::bytes_serde::pairs")]
     pub meta: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
