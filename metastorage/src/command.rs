@@ -441,6 +441,21 @@ impl MetaCommand {
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         decode("command", bytes)
     }
+
+    /// Whether `bytes` encode a [`CommandOp::Compact`], read from the version, the id and
+    /// the op's variant alone (no allocation). False for anything that does not decode that
+    /// far.
+    pub fn is_compaction(bytes: &[u8]) -> bool {
+        /// The position of `Compact` in [`CommandOp`] (postcard encodes it as a varint).
+        const COMPACT_VARIANT: u32 = 2;
+        match bytes.split_first() {
+            Some((&WIRE_VERSION, body)) => matches!(
+                postcard::take_from_bytes::<(CommandId, u32)>(body),
+                Ok(((_, COMPACT_VARIANT), _))
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// The result of a write command.
@@ -508,6 +523,37 @@ pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compactions_are_told_from_the_encoding_alone() {
+        let encoded = |op: CommandOp| MetaCommand::new(op).encode().expect("encode");
+        assert!(MetaCommand::is_compaction(&encoded(CommandOp::Compact {
+            revision: 7
+        })));
+        // a large sequence number takes the longest varint
+        let late = MetaCommand {
+            id: CommandId {
+                client: Uuid::new_v4(),
+                seq: u64::MAX,
+            },
+            op: CommandOp::Compact { revision: 1 },
+        };
+        assert!(MetaCommand::is_compaction(&late.encode().expect("encode")));
+        for op in [
+            CommandOp::put(b"k".to_vec(), b"v".to_vec()),
+            CommandOp::Write { ops: Vec::new() },
+            CommandOp::invoke(Condition::exists(b"k".to_vec()), Vec::new(), Vec::new()),
+        ] {
+            assert!(!MetaCommand::is_compaction(&encoded(op)));
+        }
+        let compact = encoded(CommandOp::Compact { revision: 7 });
+        // the last byte is the revision: any shorter cut loses the variant
+        for cut in 0..compact.len() - 1 {
+            assert!(!MetaCommand::is_compaction(&compact[..cut]), "cut at {cut}");
+        }
+        assert!(!MetaCommand::is_compaction(b""));
+        assert!(!MetaCommand::is_compaction(&[0xff; 40]));
+    }
 
     fn live(v: &[u8], rev: u64) -> Entry {
         Entry::live(b"k".to_vec(), v.to_vec(), rev, rev)

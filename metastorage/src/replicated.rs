@@ -44,6 +44,14 @@ impl raft::StateMachine for RaftStateMachine {
         true
     }
 
+    /// On the group's worker unless the storage's backlog is full or a compaction is among
+    /// the commands (both write to disk before they return).
+    fn apply_would_wait(&self, commands: &[Vec<u8>]) -> bool {
+        // an entry's commands plus the empty write that may record its position
+        self.0.storage().apply_would_wait(commands.len() + 1)
+            || commands.iter().any(|c| MetaCommand::is_compaction(c))
+    }
+
     fn apply_batch(
         &self,
         position: raft::LogPosition,

@@ -57,12 +57,14 @@ pub trait StateMachine: Send + Sync + 'static {
     ) -> Result<Vec<Vec<u8>>, BoxError> {
         commands.iter().map(|c| self.apply(position, c)).collect()
     }
-    /// Whether an apply now could wait on the disk (a write-behind storage whose backlog is
-    /// full, say). When it says no, the group applies on its runtime worker instead of
-    /// handing the apply to tokio's blocking pool; an apply that says no must then do memory
-    /// work only (reads that may touch the disk are fine, writes that wait are not). Asked
-    /// before every apply. Default: yes.
-    fn apply_would_wait(&self) -> bool {
+    /// Whether applying `commands` now could wait on the disk (a write-behind storage whose
+    /// backlog is full, or a command that rewrites much of the storage, say). When it says
+    /// no, the group applies on its runtime worker instead of handing the apply to tokio's
+    /// blocking pool; an apply that says no must then do memory work only (reads that may
+    /// touch the disk are fine, writes that wait are not). Asked before every apply, with
+    /// the commands it is about to apply. Default: yes.
+    fn apply_would_wait(&self, commands: &[Vec<u8>]) -> bool {
+        let _ = commands;
         true
     }
     /// An entry without a command (blank, membership) still advances `last_applied`.
@@ -218,25 +220,27 @@ fn apply_commands(
     Ok(replies)
 }
 
-/// Runs a state-machine apply `f` under the state machine's lock. On the runtime worker
-/// the group runs on when the state machine says applying now will not wait on the disk
-/// ([`StateMachine::apply_would_wait`]) and no snapshot holds the lock: that saves a hand-off
-/// to another thread and back per apply. Otherwise on tokio's blocking pool: a storage write
-/// that waits on the disk would stall every other task of the runtime worker.
+/// Runs a state-machine apply `f` of `commands` under the state machine's lock. On the
+/// runtime worker the group runs on when the state machine says applying them now will not
+/// wait on the disk ([`StateMachine::apply_would_wait`]) and no snapshot holds the lock:
+/// that saves a hand-off to another thread and back per apply. Otherwise on tokio's
+/// blocking pool: a storage write that waits on the disk would stall every other task of
+/// the runtime worker.
 async fn run_apply<T: Send + 'static>(
     shared: &Arc<Shared>,
     id: LogId,
-    f: impl FnOnce(&Shared) -> Result<T, StorageError> + Send + 'static,
+    commands: Vec<Vec<u8>>,
+    f: impl FnOnce(&Shared, &[Vec<u8>]) -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, StorageError> {
-    if !shared.sm.apply_would_wait() {
+    if !shared.sm.apply_would_wait(&commands) {
         if let Some(_serial) = shared.lock.try_lock() {
-            return f(shared);
+            return f(shared, &commands);
         }
     }
     let shared = Arc::clone(shared);
     tokio::task::spawn_blocking(move || {
         let _serial = shared.lock.lock();
-        f(&shared)
+        f(&shared, &commands)
     })
     .await
     .map_err(|e| {
@@ -280,8 +284,8 @@ impl CommandRun {
         };
         let commands = std::mem::take(&mut self.commands);
         let started = std::time::Instant::now();
-        let all = run_apply(shared, id, move |shared| {
-            apply_commands(shared, id, &commands)
+        let all = run_apply(shared, id, commands, move |shared, commands| {
+            apply_commands(shared, id, commands)
         })
         .await?;
         shared.apply_seconds.record(started.elapsed().as_secs_f64());
@@ -396,13 +400,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     run.push(id, command);
                 }
                 EntryPayload::Normal(Command::One(command)) => {
-                    let reply = run_apply(&shared, id, move |shared| {
-                        shared.sm.apply(pos, &command).map_err(|e| {
-                            StorageIOError::apply(id, sm_err(&shared.group, "apply", &e)).into()
-                        })
+                    // one command: one reply
+                    let reply = run_apply(&shared, id, vec![command], move |shared, one| {
+                        one.iter()
+                            .map(|command| {
+                                shared.sm.apply(pos, command).map_err(|e| {
+                                    StorageIOError::apply(id, sm_err(&shared.group, "apply", &e))
+                                        .into()
+                                })
+                            })
+                            .collect()
                     })
                     .await?;
-                    replies.push(Response(vec![reply]));
+                    replies.push(Response(reply));
                 }
                 EntryPayload::Normal(batch @ Command::Batch(_)) => {
                     // a run of one entry: its commands apply together at its position

@@ -298,7 +298,7 @@ impl StateMachine for PartitionStateMachine {
 
     /// Applies go to the storage's in-memory layer: they wait on the disk only when its
     /// write-behind backlog is full.
-    fn apply_would_wait(&self) -> bool {
+    fn apply_would_wait(&self, _commands: &[Vec<u8>]) -> bool {
         self.storage.apply_would_wait()
     }
 

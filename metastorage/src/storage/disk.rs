@@ -682,6 +682,13 @@ impl SledKeyValueStorage {
         self.write_out()?;
         self.call(|| self.db.flush().map(drop))
     }
+
+    /// Whether `incoming` more write sets would fill the backlog: the commit that fills it
+    /// writes out itself (see `commit_batch`).
+    fn would_wait_impl(&self, incoming: usize) -> bool {
+        let pending = self.wb.pending.read().sets.len();
+        pending.saturating_add(incoming) >= self.write_behind.saturating_mul(BACKLOG_FACTOR)
+    }
 }
 
 impl Drop for SledKeyValueStorage {

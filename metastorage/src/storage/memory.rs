@@ -75,6 +75,11 @@ impl MemoryKeyValueStorage {
     fn flush_impl(&self) -> Result<()> {
         Ok(())
     }
+
+    /// Memory never waits.
+    fn would_wait_impl(&self, _incoming: usize) -> bool {
+        false
+    }
 }
 
 impl Backend for MemoryKeyValueStorage {

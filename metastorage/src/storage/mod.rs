@@ -160,6 +160,13 @@ pub trait KeyValueStorage: Send + Sync + 'static {
     fn restore(&self, snapshot: StorageSnapshot) -> Result<()>;
     /// Make everything applied so far durable.
     fn flush(&self) -> Result<()>;
+    /// Whether applying `incoming` more write commands now could wait on the disk: a
+    /// write-behind storage whose backlog would be full writes out first. Compactions always
+    /// may (they prune history in place) and are not counted here. Default: yes.
+    fn apply_would_wait(&self, incoming: usize) -> bool {
+        let _ = incoming;
+        true
+    }
 
     /// Record that the log reached `position` without changing data (a blank or membership
     /// entry).
@@ -287,6 +294,25 @@ mod tests {
     }
 
     const WINDOW: u64 = 3;
+
+    #[test]
+    fn memory_never_waits_and_sled_waits_when_its_backlog_would_fill() {
+        let memory = MemoryKeyValueStorage::with_command_window(WINDOW);
+        assert!(!memory.apply_would_wait(usize::MAX));
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        // a backlog nothing writes out (write-outs start at usize::MAX pending sets)
+        let sled = SledKeyValueStorage::open_with(dir.path().join("kv"), WINDOW, usize::MAX)
+            .expect("open");
+        assert!(!sled.apply_would_wait(usize::MAX - 1));
+        assert!(sled.apply_would_wait(usize::MAX));
+        for i in 0..5u8 {
+            sled.put(&[i], &[i]).expect("put");
+        }
+        // five pending sets count against the limit
+        assert!(!sled.apply_would_wait(usize::MAX - 6));
+        assert!(sled.apply_would_wait(usize::MAX - 5));
+    }
 
     fn contexts(batches: &[Vec<(CommandOp, Option<u64>)>]) -> Vec<Vec<(CommandOp, ApplyContext)>> {
         batches

@@ -589,6 +589,9 @@ macro_rules! impl_key_value_storage {
             fn flush(&self) -> $crate::error::Result<()> {
                 self.flush_impl()
             }
+            fn apply_would_wait(&self, incoming: usize) -> bool {
+                self.would_wait_impl(incoming)
+            }
         }
     };
 }
