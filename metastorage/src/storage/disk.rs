@@ -683,11 +683,16 @@ impl SledKeyValueStorage {
         self.call(|| self.db.flush().map(drop))
     }
 
-    /// Whether `incoming` more write sets would fill the backlog: the commit that fills it
-    /// writes out itself (see `commit_batch`).
+    /// Whether `sets` pending write sets fill the backlog: the commit that fills it writes
+    /// out itself, as the write-out thread fell behind (see `commit_batch`).
+    fn backlog_full(&self, sets: usize) -> bool {
+        sets >= self.write_behind.saturating_mul(BACKLOG_FACTOR)
+    }
+
+    /// Whether `incoming` more write sets would fill the backlog.
     fn would_wait_impl(&self, incoming: usize) -> bool {
         let pending = self.wb.pending.read().sets.len();
-        pending.saturating_add(incoming) >= self.write_behind.saturating_mul(BACKLOG_FACTOR)
+        self.backlog_full(pending.saturating_add(incoming))
     }
 }
 
@@ -1075,7 +1080,7 @@ impl Backend for SledKeyValueStorage {
             pending.sets.len()
         };
         *self.meta.write() = m;
-        if gathered >= self.write_behind.saturating_mul(BACKLOG_FACTOR) {
+        if self.backlog_full(gathered) {
             // the thread falls behind (or fails): write out here, surfacing any error
             self.write_out()?;
         } else if gathered >= self.write_behind {
