@@ -275,25 +275,29 @@ impl RaftManager {
         let config = self.configuration()?;
         let raft_config = Arc::new(config.to_openraft(group_id, class)?);
         let log = storage.group(group_id)?;
+        // the leader's appends are replicated while they are flushed; applies and commit
+        // indexes sent out wait for the local flush (see `log_store::Durability`)
+        let log_store =
+            LogStore::new(Arc::clone(&log), Some(node_id(&local))).map_err(|e| Error::Fatal {
+                group: group_id.to_owned(),
+                reason: format!("reading the raft log: {e}"),
+            })?;
+        let durability = log_store.durability();
         let factory = NetworkFactory {
             group: group_id.to_owned(),
             messaging: self.network.messaging(),
             topology: self.network.topology(),
+            durability: Arc::clone(&durability),
         };
         let batching = state_machine.batching();
-        let sm = StateMachineStore::new(group_id, state_machine, Arc::clone(&log));
-        let raft = Raft::new(
-            node_id(&local),
-            raft_config,
-            factory,
-            LogStore::new(Arc::clone(&log)),
-            sm,
-        )
-        .await
-        .map_err(|e| Error::Fatal {
-            group: group_id.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let sm =
+            StateMachineStore::new(group_id, state_machine, Arc::clone(&log), Some(durability));
+        let raft = Raft::new(node_id(&local), raft_config, factory, log_store, sm)
+            .await
+            .map_err(|e| Error::Fatal {
+                group: group_id.to_owned(),
+                reason: e.to_string(),
+            })?;
         let (batch_tx, batch_rx) = if batching {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             (Some(tx), Some(rx))

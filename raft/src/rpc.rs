@@ -1,7 +1,7 @@
 //! Raft RPCs over the node's shared network connections: one message group for every group
 //! on the node, the group id inside each message. The messaging layer serves every request
 //! on its own task, so a slow group never holds up another.
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use network::{ClusterNode, Message, MessagingService, TopologyService};
 use openraft::{
@@ -15,7 +15,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{error::Error, types::TypeConfig};
+use crate::{error::Error, log_store::Durability, types::TypeConfig};
 
 /// The message group of raft traffic (order 4 in the startup graph, times ten).
 pub(crate) const RAFT_MESSAGE_GROUP: u16 = 40;
@@ -105,6 +105,8 @@ pub(crate) struct NetworkFactory {
     pub(crate) group: String,
     pub(crate) messaging: MessagingService,
     pub(crate) topology: TopologyService,
+    /// The local log's durability: a commit index goes out only once it is durable here.
+    pub(crate) durability: Arc<Durability>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -117,6 +119,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             name: node.addr.clone(),
             messaging: self.messaging.clone(),
             topology: self.topology.clone(),
+            durability: Arc::clone(&self.durability),
         }
     }
 }
@@ -128,6 +131,7 @@ pub(crate) struct PeerClient {
     name: String,
     messaging: MessagingService,
     topology: TopologyService,
+    durability: Arc<Durability>,
 }
 
 type RpcError<E = openraft::error::Infallible> = RPCError<u64, BasicNode, RaftError<u64, E>>;
@@ -181,6 +185,19 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcError> {
+        // The leader may count itself in a commit before its own copy is durable; a
+        // follower that learned that commit would apply an entry a leader crash could still
+        // take back. So the commit index leaves only once this node's log holds it.
+        if let Some(committed) = rpc.leader_commit {
+            if self.durability.index() < committed.index {
+                self.durability.wait(committed.index).await.map_err(|e| {
+                    RPCError::Unreachable(Unreachable::new(&Error::Fatal {
+                        group: self.group.clone(),
+                        reason: format!("the local raft log is not durable: {e}"),
+                    }))
+                })?;
+            }
+        }
         match self.send(RaftRequest::AppendEntries(rpc), &option).await? {
             RaftReply::AppendEntries(Ok(r)) => Ok(r),
             RaftReply::AppendEntries(Err(e)) => Err(self.remote(e)),

@@ -17,7 +17,7 @@ use openraft::{
 use parking_lot::Mutex;
 
 use crate::{
-    log_store::{flush, read_meta, write_meta},
+    log_store::{flush, read_meta, write_meta, Durability},
     storage::{LogStorage, MetaKey},
     types::{
         Command, Entry, LogId, LogPosition, Response, SnapshotMeta, StorageError, StoredMembership,
@@ -90,6 +90,9 @@ struct Shared {
     batching: bool,
     /// `ignite_raft_apply_seconds`, registered once.
     apply_seconds: metrics::Histogram,
+    /// When set, an entry is applied only once the local log holds it durably (the leader
+    /// reports its appends before they are flushed: see [`Durability`]).
+    durability: Option<Arc<Durability>>,
 }
 
 /// openraft's view of a user [`StateMachine`]. Cheap to clone (the snapshot builder is one).
@@ -107,6 +110,7 @@ impl StateMachineStore {
         group: &str,
         sm: Arc<dyn StateMachine>,
         storage: Arc<dyn LogStorage>,
+        durability: Option<Arc<Durability>>,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -119,6 +123,7 @@ impl StateMachineStore {
                 looked_for_kept: AtomicBool::new(false),
                 seq: AtomicU64::new(0),
                 apply_seconds: metrics::histogram!("ignite_raft_apply_seconds"),
+                durability,
             }),
         }
     }
@@ -388,6 +393,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let shared = Arc::clone(&self.shared);
         let storage = shared.storage.as_ref();
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let (Some(durability), Some(entry)) = (&shared.durability, entries.last()) {
+            let id = entry.log_id;
+            durability.wait(id.index).await.map_err(|e| {
+                StorageIOError::apply(
+                    id,
+                    AnyError::error(format!(
+                        "raft group {}: the log is not durable here: {e}",
+                        shared.group
+                    )),
+                )
+            })?;
+        }
         let mut replies = Vec::new();
         let mut last = None;
         // consecutive command entries of a batching group: applied with one `apply_batch`
@@ -541,6 +559,7 @@ mod tests {
             "g",
             Arc::clone(&sm) as Arc<dyn StateMachine>,
             Arc::new(MemoryLogStorage::new()),
+            None,
         );
         let entries = vec![
             entry(
@@ -577,6 +596,56 @@ mod tests {
         assert_eq!(applied.map(|l| l.index), Some(3));
     }
 
+    #[tokio::test]
+    async fn an_entry_is_applied_only_once_the_local_log_holds_it_durably() {
+        let sm = Arc::new(MemoryStateMachine::new());
+        let durability = Durability::new(1);
+        let mut store = StateMachineStore::new(
+            "g",
+            Arc::clone(&sm) as Arc<dyn StateMachine>,
+            Arc::new(MemoryLogStorage::new()),
+            Some(Arc::clone(&durability)),
+        );
+        // durable up to 1: applies at once
+        store.apply(vec![put(1, "a", "1")]).await.unwrap();
+        assert_eq!(sm.applied_index(), 1);
+        let apply = tokio::spawn({
+            let mut store = store.clone();
+            async move { store.apply(vec![put(2, "a", "2"), put(3, "b", "1")]).await }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!apply.is_finished());
+        assert_eq!(
+            sm.applied_index(),
+            1,
+            "nothing applied past the durable index"
+        );
+        durability.flushed(durability.epoch(), 2, &Ok(()));
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(sm.applied_index(), 1, "the run waits for its last entry");
+        durability.flushed(durability.epoch(), 3, &Ok(()));
+        let replies = tokio::time::timeout(std::time::Duration::from_secs(5), apply)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(replies.len(), 2);
+        assert_eq!(sm.get("b"), Some("1".into()));
+        // a failed flush: the apply fails instead of applying what may not be on disk
+        durability.flushed(
+            durability.epoch(),
+            9,
+            &Err(std::io::Error::other("disk gone")),
+        );
+        let e = store.apply(vec![put(4, "c", "1")]).await.unwrap_err();
+        assert!(e.to_string().contains("disk gone"), "{e}");
+        assert_eq!(sm.get("c"), None);
+    }
+
     /// A store over `sm` and `storage` as a start after the last run builds it.
     fn restarted(
         sm: &Arc<MemoryStateMachine>,
@@ -586,6 +655,7 @@ mod tests {
             "g",
             Arc::clone(sm) as Arc<dyn StateMachine>,
             Arc::clone(storage) as Arc<dyn LogStorage>,
+            None,
         )
     }
 
@@ -651,8 +721,12 @@ mod tests {
             short: true,
             ..Recording::default()
         };
-        let mut store =
-            StateMachineStore::new("g", Arc::new(short), Arc::new(MemoryLogStorage::new()));
+        let mut store = StateMachineStore::new(
+            "g",
+            Arc::new(short),
+            Arc::new(MemoryLogStorage::new()),
+            None,
+        );
         let batch = entry(
             1,
             EntryPayload::Normal(Command::Batch(vec![b"x".to_vec(), b"y".to_vec()])),
@@ -706,6 +780,7 @@ mod tests {
             "g",
             Arc::clone(&sm) as Arc<dyn StateMachine>,
             Arc::new(MemoryLogStorage::new()),
+            None,
         );
         let one = |i: u64, c: &[u8]| entry(i, EntryPayload::Normal(Command::One(c.to_vec())));
         let batch = |i: u64, cs: &[&[u8]]| {

@@ -3,7 +3,10 @@
 use std::{any::Any, collections::BTreeMap, sync::Arc};
 
 use lifecycle::BoxError;
-use openraft::testing::{StoreBuilder, Suite};
+use openraft::{
+    testing::{StoreBuilder, Suite},
+    StorageIOError,
+};
 use parking_lot::Mutex;
 
 use crate::{
@@ -135,8 +138,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, Box<dyn Any + Send + 
             "suite",
             Arc::new(MemoryStateMachine::new()),
             Arc::clone(&storage),
+            None,
         );
-        Ok((guard, LogStore::new(storage), sm))
+        let log = LogStore::new(storage, None).map_err(StorageIOError::read_logs)?;
+        Ok((guard, log, sm))
     }
 }
 
