@@ -245,10 +245,15 @@ pub fn write_cut_short(db: &sled::Db, redo: &Redo, applied: usize) -> sled::Resu
 /// How much lower than the threads that serve requests a write-out thread runs (nice).
 pub const WRITE_OUT_NICENESS: i32 = 10;
 
-/// Lowers the calling thread's CPU priority by [`WRITE_OUT_NICENESS`], for threads that
-/// write memory-held state out in the background: with few cores, a write-out that runs as
-/// long as a request's round trip otherwise delays the requests it shares a core with (on
-/// Linux; elsewhere nothing changes). Returns whether the priority changed.
+/// Lowers the calling thread's CPU priority, for threads that write memory-held state out in
+/// the background: with few cores, a write-out that runs as long as a request's round trip
+/// otherwise delays the requests it shares a core with. On Linux the thread runs under
+/// `SCHED_IDLE` (it gets a core only when no ordinary thread wants it, and a waking request
+/// thread preempts it at once; a nice level alone left replies waiting behind a write-out
+/// for up to a few milliseconds), with [`WRITE_OUT_NICENESS`] and the lowest best-effort IO
+/// priority. Its callers bound the work it may leave undone (a backlog that fills is
+/// written out by the committing thread itself). Elsewhere nothing changes. Returns whether
+/// the priority changed.
 pub fn lower_thread_priority() -> bool {
     #[cfg(target_os = "linux")]
     {
@@ -272,7 +277,12 @@ pub fn lower_thread_priority() -> bool {
                 (2 << 13) | 7, // IOPRIO_CLASS_BE, level 7
             )
         };
-        rc == 0 && io == 0
+        // and it runs only when a core is otherwise idle (sched_setscheduler(2) on a thread
+        // id; lowering one's own policy needs no privilege)
+        let param = libc::sched_param { sched_priority: 0 };
+        #[allow(unsafe_code)]
+        let idle = unsafe { libc::sched_setscheduler(libc::gettid(), libc::SCHED_IDLE, &param) };
+        rc == 0 && io == 0 && idle == 0
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -294,13 +304,21 @@ mod tests {
             // getpriority(2) of the calling thread; plain integers in, one integer out
             unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
         }
-        let before = niceness();
-        let (changed, after) = std::thread::spawn(move || (lower_thread_priority(), niceness()))
-            .join()
-            .unwrap();
+        #[allow(unsafe_code)]
+        fn policy() -> i32 {
+            // sched_getscheduler(2) of the calling thread
+            unsafe { libc::sched_getscheduler(libc::gettid()) }
+        }
+        let (before, policy_before) = (niceness(), policy());
+        let (changed, after, policy_after) =
+            std::thread::spawn(move || (lower_thread_priority(), niceness(), policy()))
+                .join()
+                .unwrap();
         assert!(changed);
         assert_eq!(after, (before + WRITE_OUT_NICENESS).min(19));
+        assert_eq!(policy_after, libc::SCHED_IDLE);
         assert_eq!(niceness(), before, "the calling thread only");
+        assert_eq!(policy(), policy_before, "the calling thread only");
     }
 
     fn db() -> (tempfile::TempDir, sled::Db) {
