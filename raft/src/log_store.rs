@@ -172,7 +172,11 @@ impl LogStore {
         storage: Arc<dyn LogStorage>,
         early_ack: Option<u64>,
     ) -> Result<Self, AnyError> {
-        let durable = storage.last().map_err(any)?.map_or(0, |(index, _)| index);
+        // what the storage holds now is on disk; entries purged behind a snapshot count too
+        // (a log purged empty would otherwise hold a restarted leader's commit index back)
+        let last = storage.last().map_err(any)?.map_or(0, |(index, _)| index);
+        let purged: Option<LogId> = read_meta(storage.as_ref(), MetaKey::LastPurged)?;
+        let durable = last.max(purged.map_or(0, |p| p.index));
         let vote = read_meta(storage.as_ref(), MetaKey::Vote)?;
         Ok(Self {
             storage,
@@ -617,7 +621,17 @@ mod tests {
         storage
             .append(vec![(2, encode(&entries(1, ME, 2..=2)[0]).unwrap())])
             .unwrap();
-        let store = LogStore::new(storage, Some(ME)).unwrap();
+        let store = LogStore::new(Arc::clone(&storage) as Arc<dyn LogStorage>, Some(ME)).unwrap();
         assert_eq!(store.durability().index(), 2);
+        // a log purged empty behind a snapshot at 9: durable up to 9
+        storage.purge_upto(2).unwrap();
+        write_meta(
+            storage.as_ref(),
+            MetaKey::LastPurged,
+            &LogId::new(CommittedLeaderId::new(1, ME), 9),
+        )
+        .unwrap();
+        let store = LogStore::new(storage, Some(ME)).unwrap();
+        assert_eq!(store.durability().index(), 9);
     }
 }
