@@ -515,14 +515,12 @@ mod tests {
         assert!(matches!(done.try_recv(), Ok(Ok(()))));
     }
 
-    #[tokio::test]
-    async fn saving_a_vote_switches_early_reports_on_and_off() {
-        let (storage, mut store) = store_with_vote(None);
+    /// Saves `vote` through `store`, completing the vote's own flush.
+    async fn save_vote(storage: &HeldFlush, store: &LogStore, vote: Vote) {
         let save = tokio::spawn({
             let mut store = store.clone();
-            async move { store.save_vote(&Vote::new_committed(4, ME)).await }
+            async move { store.save_vote(&vote).await }
         });
-        // the vote's own flush
         tokio::time::timeout(Duration::from_secs(5), async {
             while storage.release(|| Ok(())) == 0 {
                 tokio::task::yield_now().await;
@@ -531,24 +529,19 @@ mod tests {
         .await
         .unwrap();
         save.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn saving_a_vote_switches_early_reports_on_and_off() {
+        let (storage, mut store) = store_with_vote(None);
+        save_vote(&storage, &store, Vote::new_committed(4, ME)).await;
         let done = append(&store, entries(4, ME, 1..=1));
         assert!(
             matches!(done.try_recv(), Ok(Ok(()))),
             "the leader's own append"
         );
         storage.release(|| Ok(()));
-        let save = tokio::spawn({
-            let mut store = store.clone();
-            async move { store.save_vote(&Vote::new_committed(5, OTHER)).await }
-        });
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while storage.release(|| Ok(())) == 0 {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .unwrap();
-        save.await.unwrap().unwrap();
+        save_vote(&storage, &store, Vote::new_committed(5, OTHER)).await;
         let done = append(&store, entries(5, OTHER, 2..=2));
         assert!(done.try_recv().is_err(), "a follower's append waits");
         storage.release(|| Ok(()));
