@@ -128,6 +128,7 @@ impl Durability {
     }
 
     /// The last durable index.
+    #[cfg(test)]
     pub(crate) fn index(&self) -> u64 {
         self.state.borrow().index
     }

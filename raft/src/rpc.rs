@@ -189,14 +189,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         // follower that learned that commit would apply an entry a leader crash could still
         // take back. So the commit index leaves only once this node's log holds it.
         if let Some(committed) = rpc.leader_commit {
-            if self.durability.index() < committed.index {
-                self.durability.wait(committed.index).await.map_err(|e| {
-                    RPCError::Unreachable(Unreachable::new(&Error::Fatal {
-                        group: self.group.clone(),
-                        reason: format!("the local raft log is not durable: {e}"),
-                    }))
-                })?;
-            }
+            self.durability.wait(committed.index).await.map_err(|e| {
+                RPCError::Unreachable(Unreachable::new(&Error::Fatal {
+                    group: self.group.clone(),
+                    reason: format!("the local raft log is not durable: {e}"),
+                }))
+            })?;
         }
         match self.send(RaftRequest::AppendEntries(rpc), &option).await? {
             RaftReply::AppendEntries(Ok(r)) => Ok(r),
