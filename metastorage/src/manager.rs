@@ -17,7 +17,10 @@ use lifecycle::{
 use network::{ClusterNode, NetworkManager, TopologyEvent};
 use parking_lot::{Mutex, RwLock};
 use raft::{GroupMembers, RaftGroup, RaftManager};
-use tokio::sync::{broadcast::error::RecvError, watch};
+use tokio::{
+    sync::{broadcast::error::RecvError, watch},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use vault::VaultManager;
@@ -852,16 +855,21 @@ impl MetaStorageManager {
     }
 }
 
-/// The shortest time between two records of the delivered watch revision: the revisions
-/// delivered meanwhile go into the next record, so a busy cluster costs the vault a hundred
-/// durable writes a second, not one per revision.
-const WATCH_REVISION_RECORD_GAP: Duration = Duration::from_millis(10);
+/// The longest time a delivered revision waits for its record while running: the
+/// revisions delivered meanwhile go into one record, so a busy node costs the vault one
+/// durable write a second, not one per revision (each is a sled flush whose `fsync` queues
+/// on the disk beside the Raft log's).
+const WATCH_REVISION_RECORD_GAP: Duration = Duration::from_secs(1);
+/// Delivery this many revisions ahead of the record is recorded before the gap is over: it
+/// bounds what a restart after a crash delivers again.
+const WATCH_REVISION_RECORD_LAG: u64 = 10_000;
 
 /// Follows the watch delivery and records the delivered revision in the vault, so a
-/// restart resumes right after it. The record may lag delivery by up to
-/// [`WATCH_REVISION_RECORD_GAP`] and one vault write; stop records the final revision. After
-/// a crash a restart may deliver the revisions of that lag again: its components rebuild
-/// their state at the recorded revision, so they see each change once relative to it.
+/// restart resumes right after it. A record follows a delivery within
+/// [`WATCH_REVISION_RECORD_GAP`] (sooner once [`WATCH_REVISION_RECORD_LAG`] revisions were
+/// delivered) and one vault write; stop records the final revision. After a crash a
+/// restart may deliver the revisions of that lag again: its components rebuild their state
+/// at the recorded revision, so they see each change once relative to it.
 async fn persist_watch_revision(
     vault: Arc<VaultManager>,
     processor: Arc<WatchProcessor>,
@@ -869,22 +877,32 @@ async fn persist_watch_revision(
     cancel: CancellationToken,
 ) -> Result<()> {
     let mut written = from;
+    let mut recorded = Instant::now();
     loop {
-        let wait = processor.wait_delivered(written + 1, Duration::from_secs(3600));
-        let outcome = tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
-            r = wait => r,
-        };
-        match outcome {
-            Ok(()) => {}
-            Err(Error::RevisionAhead { .. }) => continue,
-            Err(Error::Stopping(_)) => return Ok(()),
-            // a failed delivery is reported by the watch task itself
-            Err(Error::DeliveryFailed { .. }) => {
-                cancel.cancelled().await;
-                return Ok(());
+        // something new delivered, then more gathers until the gap or the lag is reached
+        let waits = [
+            (written + 1, Duration::from_secs(3600)),
+            (
+                written.saturating_add(WATCH_REVISION_RECORD_LAG),
+                (recorded + WATCH_REVISION_RECORD_GAP).saturating_duration_since(Instant::now()),
+            ),
+        ];
+        for (revision, timeout) in waits {
+            let outcome = tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                r = processor.wait_delivered(revision, timeout) => r,
+            };
+            match outcome {
+                // a timeout ends the gap (or, for the first wait, just goes round again)
+                Ok(()) | Err(Error::RevisionAhead { .. }) => {}
+                Err(Error::Stopping(_)) => return Ok(()),
+                // a failed delivery is reported by the watch task itself
+                Err(Error::DeliveryFailed { .. }) => {
+                    cancel.cancelled().await;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
         let delivered = processor.status().delivered;
         if delivered > written {
@@ -896,10 +914,7 @@ async fn persist_watch_revision(
                 Err(vault::Error::Stopping(_)) => return Ok(()),
                 Err(e) => return Err(e.into()),
             }
-        }
-        tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
-            () = tokio::time::sleep(WATCH_REVISION_RECORD_GAP) => {}
+            recorded = Instant::now();
         }
     }
 }
