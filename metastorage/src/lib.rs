@@ -56,7 +56,7 @@ pub use crate::{
     state_machine::{MetaStateMachine, StateMachineSnapshot},
     storage::{
         ApplyContext, CommandRecord, KeyValueStorage, MemoryKeyValueStorage, SledKeyValueStorage,
-        StorageSnapshot, DEFAULT_COMMAND_WINDOW,
+        SnapshotJob, StorageSnapshot, DEFAULT_COMMAND_WINDOW,
     },
     watch::{
         DeliveryStatus, EntryEvent, KeyMatcher, WatchEvent, WatchId, WatchListener, WatchProcessor,

@@ -68,6 +68,12 @@ impl raft::StateMachine for RaftStateMachine {
         Ok(self.0.snapshot()?.data)
     }
 
+    /// The storage is read after the cut, while the group applies on.
+    fn snapshot_job(&self) -> Result<raft::SnapshotJob, BoxError> {
+        let job = self.0.snapshot_job()?;
+        Ok(Box::new(move || Ok(job()?.data)))
+    }
+
     fn restore(&self, position: raft::LogPosition, data: &[u8]) -> Result<(), BoxError> {
         Ok(self.0.restore(to_ours(position), data)?)
     }

@@ -172,17 +172,25 @@ impl MetaStateMachine {
         self.storage.advance(self.monotonic(position))
     }
 
-    /// A full snapshot of the current state. The state is flushed first: Raft may purge
-    /// the log up to the snapshot, so what the snapshot covers must not depend on the log
-    /// any more.
+    /// A full snapshot of the current state, durable: Raft may purge the log up to the
+    /// snapshot, so what the snapshot covers must not depend on the log any more.
     pub fn snapshot(&self) -> Result<StateMachineSnapshot> {
-        self.storage.flush()?;
-        let s = self.storage.snapshot()?;
-        Ok(StateMachineSnapshot {
-            last_applied: s.last_applied,
-            revision: s.revision,
-            data: s.encode()?,
-        })
+        self.snapshot_job()?()
+    }
+
+    /// Starts a [`snapshot`](Self::snapshot) of the state as of now (the cut) and returns
+    /// the job that builds and encodes it, which may run while more commands are applied
+    /// (see [`KeyValueStorage::snapshot_job`]).
+    pub fn snapshot_job(&self) -> Result<Box<dyn FnOnce() -> Result<StateMachineSnapshot> + Send>> {
+        let job = Arc::clone(&self.storage).snapshot_job()?;
+        Ok(Box::new(move || {
+            let s = job()?;
+            Ok(StateMachineSnapshot {
+                last_applied: s.last_applied,
+                revision: s.revision,
+                data: s.encode()?,
+            })
+        }))
     }
 
     /// Replace the state with snapshot `data`, which includes the log up to `position`.

@@ -44,6 +44,10 @@ pub const CASES: &[Case] = &[
     ("last_applied", last_applied),
     ("snapshot_restore", snapshot_restore),
     (
+        "snapshot_job_is_as_of_its_cut",
+        snapshot_job_is_as_of_its_cut,
+    ),
+    (
         "commits_are_atomic_for_readers",
         commits_are_atomic_for_readers,
     ),
@@ -617,6 +621,51 @@ fn last_applied(make: Factory<'_>) {
         Some(LogPosition::new(2, 3)),
         "unchanged without a position"
     );
+}
+
+fn snapshot_job_is_as_of_its_cut(make: Factory<'_>) {
+    let s: std::sync::Arc<dyn KeyValueStorage> = std::sync::Arc::from(make());
+    s.put(b"a", b"1").expect("put");
+    s.put(b"b", b"1").expect("put");
+    s.put(b"a", b"2").expect("put");
+    s.remove(b"b").expect("remove");
+    let id = CommandId::new(uuid::Uuid::from_u128(7), 1);
+    let ctx = ApplyContext {
+        id: Some(id),
+        position: Some(LogPosition::new(5, 1)),
+    };
+    s.apply(&CommandOp::put("c", "1"), &ctx).expect("apply");
+    let at_cut = s.snapshot().expect("snapshot");
+    let job = std::sync::Arc::clone(&s)
+        .snapshot_job()
+        .expect("start a snapshot");
+    // applied after the cut: a new version of a key in the cut, a new key, a removal, a
+    // remembered command
+    s.put(b"a", b"3").expect("put");
+    s.put(b"d", b"1").expect("put");
+    s.remove(b"c").expect("remove");
+    let later = ApplyContext {
+        id: Some(CommandId::new(uuid::Uuid::from_u128(7), 2)),
+        position: Some(LogPosition::new(6, 1)),
+    };
+    s.apply(&CommandOp::put("e", "1"), &later).expect("apply");
+    s.flush().expect("flush");
+    let built = job().expect("snapshot job");
+    assert_eq!(built, at_cut, "the job builds the state as of its cut");
+    assert_ne!(
+        s.snapshot().expect("snapshot"),
+        at_cut,
+        "the state moved on"
+    );
+    // a job dropped without running holds nothing up
+    drop(
+        std::sync::Arc::clone(&s)
+            .snapshot_job()
+            .expect("start a snapshot"),
+    );
+    s.compact(s.revision())
+        .expect("compaction after a dropped job");
+    assert_eq!(s.compacted_revision(), s.revision());
 }
 
 fn snapshot_restore(make: Factory<'_>) {

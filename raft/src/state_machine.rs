@@ -71,9 +71,23 @@ pub trait StateMachine: Send + Sync + 'static {
     fn advance(&self, position: LogPosition) -> Result<(), BoxError>;
     /// The full state as of `last_applied`, for a snapshot.
     fn snapshot(&self) -> Result<Vec<u8>, BoxError>;
+    /// Starts a snapshot of the state as of `last_applied` and returns the job that builds
+    /// it. Called with applies held off, so what it does must be quick (a cut: which
+    /// revision, which counters); the group runs the job on a blocking thread while it
+    /// applies the entries after the cut, so the job must build the state *as of the cut*
+    /// whatever is applied meanwhile, and what it covers must be durable when it returns
+    /// (Raft may then purge the log behind it). Default: the whole
+    /// [`snapshot`](Self::snapshot) at once, with applies held off until it is done.
+    fn snapshot_job(&self) -> Result<SnapshotJob, BoxError> {
+        let data = self.snapshot()?;
+        Ok(Box::new(move || Ok(data)))
+    }
     /// Replace the full state with a snapshot taken at `position`.
     fn restore(&self, position: LogPosition, data: &[u8]) -> Result<(), BoxError>;
 }
+
+/// What [`StateMachine::snapshot_job`] returns: builds the snapshot bytes as of its cut.
+pub type SnapshotJob = Box<dyn FnOnce() -> Result<Vec<u8>, BoxError> + Send>;
 
 struct Shared {
     group: String,
@@ -174,13 +188,28 @@ impl StateMachineStore {
         Ok((last, membership))
     }
 
-    fn build(&self) -> Result<Snapshot<TypeConfig>, AnyError> {
+    /// Builds a snapshot: the cut (the applied position, the membership and the state
+    /// machine's job) is taken with applies held off; the job runs on a blocking thread
+    /// while the group goes on applying.
+    async fn build(&self) -> Result<Snapshot<TypeConfig>, AnyError> {
         let shared = &self.shared;
-        let _serial = shared.lock.lock();
-        let (last, membership) = self.applied()?;
-        let data = shared
-            .sm
-            .snapshot()
+        let (last, membership, job) = {
+            let _serial = shared.lock.lock();
+            let (last, membership) = self.applied()?;
+            let job = shared
+                .sm
+                .snapshot_job()
+                .map_err(|e| sm_err(&shared.group, "start snapshot", &e))?;
+            (last, membership, job)
+        };
+        let data = tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| {
+                AnyError::error(format!(
+                    "state machine of raft group {}: snapshot task failed: {e}",
+                    shared.group
+                ))
+            })?
             .map_err(|e| sm_err(&shared.group, "build snapshot", &e))?;
         let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match last {
@@ -367,7 +396,10 @@ impl Shared {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let snapshot = self.build().map_err(StorageIOError::read_state_machine)?;
+        let snapshot = self
+            .build()
+            .await
+            .map_err(StorageIOError::read_state_machine)?;
         let shared = Arc::clone(&self.shared);
         let (meta, data) = (snapshot.meta.clone(), snapshot.snapshot.get_ref().clone());
         // off the runtime: a large snapshot's file write would hold up a worker
@@ -813,5 +845,98 @@ mod tests {
         );
         // entries 1-3 in one call at position 3, the blank apart, entries 5-6 at position 6
         assert_eq!(*sm.calls.lock(), vec![(3, 4), (6, 3)]);
+    }
+
+    /// [`MemoryStateMachine`] whose snapshot jobs wait for `release` once they started.
+    struct GatedSnapshots {
+        inner: Arc<MemoryStateMachine>,
+        started: std::sync::mpsc::SyncSender<()>,
+        release: Arc<parking_lot::Mutex<std::sync::mpsc::Receiver<()>>>,
+    }
+
+    impl StateMachine for GatedSnapshots {
+        fn last_applied(&self) -> Result<Option<LogPosition>, BoxError> {
+            self.inner.last_applied()
+        }
+        fn apply(&self, position: LogPosition, command: &[u8]) -> Result<Vec<u8>, BoxError> {
+            self.inner.apply(position, command)
+        }
+        fn advance(&self, position: LogPosition) -> Result<(), BoxError> {
+            self.inner.advance(position)
+        }
+        fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
+            self.inner.snapshot()
+        }
+        fn snapshot_job(&self) -> Result<SnapshotJob, BoxError> {
+            let cut = self.inner.snapshot()?;
+            let (started, release) = (self.started.clone(), Arc::clone(&self.release));
+            Ok(Box::new(move || {
+                started.send(())?;
+                release.lock().recv()?;
+                Ok(cut)
+            }))
+        }
+        fn restore(&self, position: LogPosition, data: &[u8]) -> Result<(), BoxError> {
+            self.inner.restore(position, data)
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_are_applied_while_a_snapshot_job_runs() {
+        use std::time::Duration;
+        let inner = Arc::new(MemoryStateMachine::new());
+        let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
+        let (release_tx, release_rx) = std::sync::mpsc::sync_channel(1);
+        let sm = GatedSnapshots {
+            inner: Arc::clone(&inner),
+            started: started_tx,
+            release: Arc::new(parking_lot::Mutex::new(release_rx)),
+        };
+        let mut store = StateMachineStore::new(
+            "g",
+            Arc::new(sm) as Arc<dyn StateMachine>,
+            Arc::new(MemoryLogStorage::new()),
+            None,
+        );
+        store
+            .apply(vec![put(1, "a", "1"), put(2, "b", "1")])
+            .await
+            .unwrap();
+        let mut builder = store.get_snapshot_builder().await;
+        let building = tokio::spawn(async move { builder.build_snapshot().await });
+        tokio::task::spawn_blocking(move || started_rx.recv_timeout(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .expect("the snapshot job started");
+        // the job holds its thread; applies go on
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            store.apply(vec![put(3, "a", "2"), put(4, "c", "1")]),
+        )
+        .await
+        .expect("applied while the snapshot job runs")
+        .unwrap();
+        assert_eq!(inner.applied_index(), 4);
+        assert!(!building.is_finished());
+        release_tx.send(()).unwrap();
+        let snapshot = tokio::time::timeout(Duration::from_secs(10), building)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            snapshot.meta.last_log_id.map(|l| l.index),
+            Some(2),
+            "as of the cut"
+        );
+        let restored = MemoryStateMachine::new();
+        restored
+            .restore(
+                LogPosition { index: 2, term: 1 },
+                snapshot.snapshot.get_ref(),
+            )
+            .unwrap();
+        assert_eq!(restored.get("a"), Some("1".into()));
+        assert_eq!(restored.get("c"), None);
     }
 }

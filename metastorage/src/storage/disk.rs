@@ -35,13 +35,16 @@
 use std::{
     panic::{catch_unwind, AssertUnwindSafe},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
 use std::collections::{BTreeMap, HashMap};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock, RwLockWriteGuard};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -208,6 +211,12 @@ pub struct SledKeyValueStorage {
     meta: RwLock<Meta>,
     /// Readers share it; pruning history takes it exclusively.
     prune: RwLock<()>,
+    /// Snapshot jobs started and not yet done: pruning waits for them (a job reads the
+    /// history as of its cut), see [`Self::prune_exclusive`].
+    exports: Mutex<usize>,
+    exports_done: Condvar,
+    /// How many times pruning waited for a snapshot job (tests look at it).
+    prunes_waited: AtomicU64,
     writer: Mutex<()>,
     window: u64,
     /// The command window (sled holds it in `command_log` blocks).
@@ -341,6 +350,9 @@ impl SledKeyValueStorage {
             path,
             meta: RwLock::new(Meta::default()),
             prune: RwLock::new(()),
+            exports: Mutex::new(0),
+            exports_done: Condvar::new(),
+            prunes_waited: AtomicU64::new(0),
             writer: Mutex::new(()),
             window,
             commands: RwLock::new(CommandWindow::default()),
@@ -596,7 +608,7 @@ impl SledKeyValueStorage {
 
     /// Drop every version compaction to `compacted` does not keep; idempotent.
     fn prune_to(&self, compacted: u64) -> Result<()> {
-        let _exclusive = self.prune.write();
+        let _exclusive = self.prune_exclusive();
         let mut batch = sled::Batch::default();
         let mut pruned = 0u64;
         let mut group: Vec<(sled::IVec, Entry)> = Vec::new();
@@ -639,6 +651,61 @@ impl SledKeyValueStorage {
         })?;
         tracing::debug!(path = %self.path.display(), compacted, pruned, "history compacted");
         Ok(())
+    }
+
+    /// Every version sled holds with a revision at or below `revision`, in key order, then
+    /// revision order. The caller holds `prune` shared.
+    fn versions_up_to(&self, revision: u64) -> Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        for item in self.trees.entries.iter() {
+            let (k, v) = self.call(|| item)?;
+            let e = self.decode_entry(&k, &v)?;
+            if e.revision <= revision {
+                entries.push(e);
+            }
+        }
+        Ok(entries)
+    }
+
+    /// `prune` exclusively, once no snapshot job is running: a job started before a
+    /// compaction or a restore reads the history that these remove. Both run on the apply
+    /// path, like the cut of a job, so no job starts while this waits or holds the lock.
+    fn prune_exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        let mut exports = self.exports.lock();
+        if *exports > 0 {
+            self.prunes_waited.fetch_add(1, Ordering::Relaxed);
+            while *exports > 0 {
+                self.exports_done.wait(&mut exports);
+            }
+        }
+        self.prune.write()
+    }
+
+    /// The cut writes everything pending out (so sled holds every version up to it) and
+    /// takes the counters and the command window; the job flushes sled (what the snapshot
+    /// covers must be durable before Raft purges the log behind it) and reads the versions
+    /// up to the cut's revision. Applies go on meanwhile: their write-outs add only later
+    /// revisions, which the job leaves out, and pruning waits for the job.
+    fn snapshot_job_impl(self: Arc<Self>) -> Result<super::SnapshotJob> {
+        let (meta, commands, running) = {
+            let _writer = self.writer.lock();
+            self.write_out()?;
+            let running = RunningExport::new(Arc::clone(&self));
+            (*self.meta.read(), self.commands.read().records(), running)
+        };
+        Ok(Box::new(move || {
+            let _running = running;
+            self.call(|| self.db.flush().map(drop))?;
+            let _shared = self.prune.read();
+            let entries = self.versions_up_to(meta.revision)?;
+            Ok(snapshot_of(meta, entries, commands))
+        }))
+    }
+
+    /// How many times pruning has waited for a snapshot job.
+    #[cfg(test)]
+    fn prunes_waited(&self) -> u64 {
+        self.prunes_waited.load(Ordering::Relaxed)
     }
 
     /// Starts the thread that writes pending write sets out once enough have gathered.
@@ -709,6 +776,38 @@ impl Drop for SledKeyValueStorage {
 }
 
 /// Encode what one write set stores.
+/// A snapshot job counted as running until it is done or dropped unrun.
+struct RunningExport(Arc<SledKeyValueStorage>);
+
+impl RunningExport {
+    fn new(storage: Arc<SledKeyValueStorage>) -> Self {
+        *storage.exports.lock() += 1;
+        Self(storage)
+    }
+}
+
+impl Drop for RunningExport {
+    fn drop(&mut self) {
+        let mut exports = self.0.exports.lock();
+        *exports -= 1;
+        if *exports == 0 {
+            self.0.exports_done.notify_all();
+        }
+    }
+}
+
+fn snapshot_of(m: Meta, entries: Vec<Entry>, commands: Vec<CommandRecord>) -> StorageSnapshot {
+    StorageSnapshot {
+        revision: m.revision,
+        compacted: m.compacted,
+        update_counter: m.update_counter,
+        last_applied: m.last_applied,
+        command_seq: m.command_seq,
+        entries,
+        commands,
+    }
+}
+
 fn encode_write_set(ws: &WriteSet) -> Result<EncodedWriteSet> {
     let rows: Vec<(Vec<u8>, Vec<u8>)> = ws
         .entries
@@ -1095,25 +1194,12 @@ impl Backend for SledKeyValueStorage {
         self.write_out()?;
         let _shared = self.prune.read();
         let m = *self.meta.read();
-        let mut entries = Vec::new();
-        for item in self.trees.entries.iter() {
-            let (k, v) = self.call(|| item)?;
-            entries.push(self.decode_entry(&k, &v)?);
-        }
         let commands = self.commands.read().records();
-        Ok(StorageSnapshot {
-            revision: m.revision,
-            compacted: m.compacted,
-            update_counter: m.update_counter,
-            last_applied: m.last_applied,
-            command_seq: m.command_seq,
-            entries,
-            commands,
-        })
+        Ok(snapshot_of(m, self.versions_up_to(m.revision)?, commands))
     }
 
     fn import(&self, snapshot: StorageSnapshot) -> Result<()> {
-        let _exclusive = self.prune.write();
+        let _exclusive = self.prune_exclusive();
         let _writing = self.wb.writing.lock();
         *self.wb.pending.write() = Pending::default();
         let t = &self.trees;
@@ -1252,5 +1338,43 @@ mod tests {
         assert!(versioned(b"a\x00", 1).starts_with(&p));
         assert!(!versioned(b"a", 1).starts_with(&p));
         assert!(!versioned(b"a\x01", 1).starts_with(&p));
+    }
+}
+
+#[cfg(test)]
+mod snapshot_job_tests {
+    use super::*;
+    use crate::storage::KeyValueStorage;
+
+    /// A compaction that would prune history a running snapshot job still reads waits for
+    /// the job; the job's snapshot is the state at its cut.
+    #[test]
+    fn compaction_waits_for_a_running_snapshot_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(SledKeyValueStorage::open(dir.path()).unwrap());
+        for v in ["1", "2", "3"] {
+            s.put(b"k", v.as_bytes()).unwrap();
+        }
+        let at_cut = s.snapshot().unwrap();
+        assert_eq!(at_cut.entries.len(), 3, "every version of k");
+        let job = Arc::clone(&s).snapshot_job().unwrap();
+        let compacting = std::thread::spawn({
+            let s = Arc::clone(&s);
+            move || s.compact(3)
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.prunes_waited() == 0 {
+            assert!(!compacting.is_finished(), "compaction ran past the job");
+            assert!(Instant::now() < deadline, "compaction never waited");
+            std::thread::yield_now();
+        }
+        assert_eq!(job().unwrap(), at_cut, "no version pruned under the job");
+        compacting.join().unwrap().unwrap();
+        assert_eq!(s.compacted_revision(), 3);
+        assert_eq!(
+            s.snapshot().unwrap().entries.len(),
+            1,
+            "pruned after the job"
+        );
     }
 }

@@ -76,6 +76,12 @@ impl MemoryKeyValueStorage {
         Ok(())
     }
 
+    /// Copies the state at once (it is in memory: the copy is the cheap part).
+    fn snapshot_job_impl(self: std::sync::Arc<Self>) -> Result<super::SnapshotJob> {
+        let snapshot = super::mvcc::snapshot(self.as_ref())?;
+        Ok(Box::new(move || Ok(snapshot)))
+    }
+
     /// Memory never waits.
     fn would_wait_impl(&self, _incoming: usize) -> bool {
         false

@@ -16,6 +16,9 @@ use crate::{
     error::{Error, Result},
 };
 
+/// What [`KeyValueStorage::snapshot_job`] returns: builds the snapshot as of its cut.
+pub type SnapshotJob = Box<dyn FnOnce() -> Result<StorageSnapshot> + Send>;
+
 /// How many command ids a storage remembers for idempotent retries, unless told otherwise.
 /// Every replica must use the same window (it is part of the replicated state machine).
 pub const DEFAULT_COMMAND_WINDOW: u64 = 10_000;
@@ -156,6 +159,16 @@ pub trait KeyValueStorage: Send + Sync + 'static {
     }
     /// A full copy of the state.
     fn snapshot(&self) -> Result<StorageSnapshot>;
+    /// Starts a full copy of the state as of now and returns the job that builds it; the
+    /// job may run while more commands are applied and still builds the state as of the
+    /// start (the cut), durable when it returns. Only the cut waits for applies, so a
+    /// large state does not hold them up while it is read. Default: flush, and the whole
+    /// [`snapshot`](Self::snapshot) at once.
+    fn snapshot_job(self: std::sync::Arc<Self>) -> Result<SnapshotJob> {
+        self.flush()?;
+        let snapshot = self.snapshot()?;
+        Ok(Box::new(move || Ok(snapshot)))
+    }
     /// Replace the whole state with `snapshot`.
     fn restore(&self, snapshot: StorageSnapshot) -> Result<()>;
     /// Make everything applied so far durable.

@@ -580,6 +580,11 @@ macro_rules! impl_key_value_storage {
             fn snapshot(&self) -> $crate::error::Result<$crate::storage::StorageSnapshot> {
                 $crate::storage::mvcc::snapshot(self)
             }
+            fn snapshot_job(
+                self: std::sync::Arc<Self>,
+            ) -> $crate::error::Result<$crate::storage::SnapshotJob> {
+                self.snapshot_job_impl()
+            }
             fn restore(
                 &self,
                 snapshot: $crate::storage::StorageSnapshot,
