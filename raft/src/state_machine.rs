@@ -188,29 +188,33 @@ impl StateMachineStore {
         Ok((last, membership))
     }
 
-    /// Builds a snapshot: the cut (the applied position, the membership and the state
-    /// machine's job) is taken with applies held off; the job runs on a blocking thread
-    /// while the group goes on applying.
+    /// Builds a snapshot on a blocking thread (the cut may write to the disk): the cut (the
+    /// applied position, the membership and the state machine's job) is taken with applies
+    /// held off, then the job runs while the group goes on applying.
     async fn build(&self) -> Result<Snapshot<TypeConfig>, AnyError> {
+        let store = self.clone();
         let shared = &self.shared;
-        let (last, membership, job) = {
-            let _serial = shared.lock.lock();
-            let (last, membership) = self.applied()?;
-            let job = shared
-                .sm
-                .snapshot_job()
-                .map_err(|e| sm_err(&shared.group, "start snapshot", &e))?;
-            (last, membership, job)
-        };
-        let data = tokio::task::spawn_blocking(job)
-            .await
-            .map_err(|e| {
-                AnyError::error(format!(
-                    "state machine of raft group {}: snapshot task failed: {e}",
-                    shared.group
-                ))
-            })?
-            .map_err(|e| sm_err(&shared.group, "build snapshot", &e))?;
+        let (last, membership, data) = tokio::task::spawn_blocking(move || {
+            let shared = &store.shared;
+            let (last, membership, job) = {
+                let _serial = shared.lock.lock();
+                let (last, membership) = store.applied()?;
+                let job = shared
+                    .sm
+                    .snapshot_job()
+                    .map_err(|e| sm_err(&shared.group, "start snapshot", &e))?;
+                (last, membership, job)
+            };
+            let data = job().map_err(|e| sm_err(&shared.group, "build snapshot", &e))?;
+            Ok::<_, AnyError>((last, membership, data))
+        })
+        .await
+        .map_err(|e| {
+            AnyError::error(format!(
+                "state machine of raft group {}: snapshot task failed: {e}",
+                shared.group
+            ))
+        })??;
         let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match last {
             Some(last) => format!("{}-{}-{seq}", last.leader_id.term, last.index),
