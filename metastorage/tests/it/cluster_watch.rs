@@ -97,3 +97,40 @@ async fn restarted_node_replays_exactly_the_missed_revisions() -> Result<()> {
     assert_eq!(revisions(&live), vec![more]);
     cluster.stop().await
 }
+
+/// The delivered revision is recorded in the vault while the node runs, not only at stop:
+/// after a crash a restart delivers again at most what was delivered since the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_delivered_revision_is_recorded_while_the_node_runs() -> Result<()> {
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    let cluster = TestCluster::start(1, false, Options::default()).await?;
+    cluster.init_and_start("n1").await?;
+    let node = cluster.node("n1");
+    let mut rx = watch_all(node)?;
+    node.ms.deploy_watches()?;
+    let mut last = 0;
+    for i in 0..3 {
+        last = node.ms.put(format!("k{i}"), "v").await?;
+    }
+    events_until(&mut rx, last).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let recorded = node
+            .vault
+            .get(metastorage::WATCH_REVISION_KEY)
+            .await?
+            .map(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).map(u64::from_be_bytes))
+            .transpose()?;
+        if recorded == Some(last) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "recorded {recorded:?}, delivered {last}, node still running"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster.stop().await
+}
