@@ -775,7 +775,6 @@ impl Drop for SledKeyValueStorage {
     }
 }
 
-/// Encode what one write set stores.
 /// A snapshot job counted as running until it is done or dropped unrun.
 struct RunningExport(Arc<SledKeyValueStorage>);
 
@@ -808,6 +807,7 @@ fn snapshot_of(m: Meta, entries: Vec<Entry>, commands: Vec<CommandRecord>) -> St
     }
 }
 
+/// Encode what one write set stores.
 fn encode_write_set(ws: &WriteSet) -> Result<EncodedWriteSet> {
     let rows: Vec<(Vec<u8>, Vec<u8>)> = ws
         .entries
