@@ -37,6 +37,10 @@ enum Phase {
     Idle,
     Running {
         cancel: CancellationToken,
+        /// Ends the accept loop (a child of `cancel`); `listener_closed` fires once the
+        /// listener is dropped.
+        accept: CancellationToken,
+        listener_closed: oneshot::Receiver<()>,
         leave: mpsc::Sender<Command>,
     },
     Stopped,
@@ -243,6 +247,8 @@ impl NetworkManager {
             metadata: self.metadata.lock().clone(),
         };
         let cancel = CancellationToken::new();
+        let accept = cancel.child_token();
+        let (closed_tx, listener_closed) = oneshot::channel();
         let (leave_tx, leave_rx) = mpsc::channel(4);
         {
             let mut phase = self.phase.lock();
@@ -251,6 +257,8 @@ impl NetworkManager {
             }
             *phase = Phase::Running {
                 cancel: cancel.clone(),
+                accept: accept.clone(),
+                listener_closed,
                 leave: leave_tx,
             };
         }
@@ -266,7 +274,8 @@ impl NetworkManager {
         });
         let messaging = self.messaging.clone();
         lifecycle::spawn_supervised(&self.tracker, &ctx.faults, NAME, "accept", async move {
-            messaging.accept_loop(listener).await;
+            messaging.accept_loop(listener, accept).await;
+            let _ = closed_tx.send(());
             Ok(())
         });
         let membership = MembershipLoop {
@@ -292,7 +301,17 @@ impl NetworkManager {
 
     async fn shutdown(&self) {
         let previous = std::mem::replace(&mut *self.phase.lock(), Phase::Stopped);
-        if let Phase::Running { cancel, .. } = previous {
+        if let Phase::Running {
+            cancel,
+            accept,
+            listener_closed,
+            ..
+        } = previous
+        {
+            // The port refuses connections before any connection closes: a peer that sees
+            // its connection break finds the process gone (fast failover relies on it).
+            accept.cancel();
+            let _ = listener_closed.await;
             cancel.cancel();
         }
         // Refuse new sends, fail pending invokes, then wait for every task.

@@ -406,11 +406,12 @@ impl MessagingService {
     }
 
     /// Accept incoming connections until cancelled.
-    pub(crate) async fn accept_loop(self, listener: TcpListener) {
+    /// Accepts connections until `stop`; returning drops the listener.
+    pub(crate) async fn accept_loop(self, listener: TcpListener, stop: CancellationToken) {
         let Ok(local) = self.local() else { return };
         loop {
             let accepted = tokio::select! {
-                () = local.cancel.cancelled() => return,
+                () = stop.cancelled() => return,
                 a = listener.accept() => a,
             };
             match accepted {
@@ -427,7 +428,7 @@ impl MessagingService {
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::select! {
-                        () = local.cancel.cancelled() => return,
+                        () = stop.cancelled() => return,
                         () = tokio::time::sleep(Duration::from_millis(50)) => {}
                     }
                 }

@@ -28,14 +28,10 @@ use crate::{group::RaftGroup, types::node_id};
 /// How long the probe of a lost leader's port may take: a refusal on a live host is
 /// immediate, anything slower is not a refusal.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
-/// How long a lost leader that still listens is probed: a stopping process may close its
-/// connections before its listener, and on a busy machine the task that drops the listener
-/// can run a good while later. Pauses between probes start at [`PROBE_PAUSE`] and double up
-/// to [`PROBE_PAUSE_MAX`], so a leader that is alive (only the connection broke) sees a
-/// handful of connects.
-const PROBE_WINDOW: Duration = Duration::from_secs(2);
+/// Probes of a lost leader that still listens (a connection that broke for another reason
+/// than a stop: a stopping node closes its listener before its connections).
+const PROBES: u32 = 5;
 const PROBE_PAUSE: Duration = Duration::from_millis(20);
-const PROBE_PAUSE_MAX: Duration = Duration::from_millis(320);
 
 /// The groups running on this node, when asked.
 pub(crate) type Groups = Arc<dyn Fn() -> Vec<RaftGroup> + Send + Sync>;
@@ -99,22 +95,16 @@ pub(crate) async fn run(
     }
 }
 
-/// Whether `node`'s port refuses connections (its process is gone), probing while it still
-/// listens for up to [`PROBE_WINDOW`].
+/// Whether `node`'s port refuses connections (its process is gone), probing a few times.
 async fn is_gone(messaging: &MessagingService, node: &ClusterNode) -> bool {
-    let deadline = Instant::now() + PROBE_WINDOW;
-    let mut pause = PROBE_PAUSE;
-    loop {
+    for _ in 0..PROBES {
         match messaging.probe(node, PROBE_TIMEOUT).await {
             Reachability::Refused => return true,
             Reachability::Unknown => return false,
-            Reachability::Listening if Instant::now() + pause > deadline => return false,
-            Reachability::Listening => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(PROBE_PAUSE_MAX);
-            }
+            Reachability::Listening => tokio::time::sleep(PROBE_PAUSE).await,
         }
     }
+    false
 }
 
 /// Whether this node is a voter of `group` that follows the leader `leader`.
