@@ -55,8 +55,8 @@ pub use crate::{
     manager::{MetaStorageManager, METASTORAGE_GROUP, WATCH_REVISION_KEY},
     state_machine::{MetaStateMachine, StateMachineSnapshot},
     storage::{
-        ApplyContext, CommandRecord, KeyValueStorage, MemoryKeyValueStorage, SledKeyValueStorage,
-        SnapshotJob, StorageSnapshot, DEFAULT_COMMAND_WINDOW,
+        ApplyContext, CommandRecord, KeyValueStorage, MemoryKeyValueStorage, PersistJob,
+        SledKeyValueStorage, SnapshotJob, StorageSnapshot, DEFAULT_COMMAND_WINDOW,
     },
     watch::{
         DeliveryStatus, EntryEvent, KeyMatcher, WatchEvent, WatchId, WatchListener, WatchProcessor,

@@ -74,6 +74,14 @@ impl raft::StateMachine for RaftStateMachine {
         Ok(Box::new(move || Ok(job()?.data)))
     }
 
+    /// A sled storage persists itself: its snapshots' bytes are built only for a follower.
+    fn persist_job(&self) -> Result<Option<raft::PersistJob>, BoxError> {
+        let Some(job) = self.0.persist_job()? else {
+            return Ok(None);
+        };
+        Ok(Some(Box::new(move || Ok(job()?))))
+    }
+
     fn restore(&self, position: raft::LogPosition, data: &[u8]) -> Result<(), BoxError> {
         Ok(self.0.restore(to_ours(position), data)?)
     }

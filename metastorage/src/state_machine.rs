@@ -193,6 +193,13 @@ impl MetaStateMachine {
         }))
     }
 
+    /// Starts making the state as of now durable in the storage (the cut) and returns the
+    /// job that finishes it, or `None` when the storage is not durable by itself (see
+    /// [`KeyValueStorage::persist_job`]).
+    pub fn persist_job(&self) -> Result<Option<crate::storage::PersistJob>> {
+        Arc::clone(&self.storage).persist_job()
+    }
+
     /// Replace the state with snapshot `data`, which includes the log up to `position`.
     pub fn restore(&self, position: LogPosition, data: &[u8]) -> Result<()> {
         let mut snapshot = StorageSnapshot::decode(data)?;

@@ -42,7 +42,7 @@ pub use crate::{
     error::{Error, Result},
     group::{GroupMetrics, RaftGroup, Role},
     manager::{initiator, RaftManager},
-    state_machine::{SnapshotJob, StateMachine},
+    state_machine::{PersistJob, SnapshotJob, StateMachine},
     storage::{
         FlushCallback, LogStorage, LogStorageProvider, MemoryLogProvider, MemoryLogStorage,
         MetaKey, SledLogProvider, SledLogStorage,

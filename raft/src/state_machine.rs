@@ -82,6 +82,19 @@ pub trait StateMachine: Send + Sync + 'static {
         let data = self.snapshot()?;
         Ok(Box::new(move || Ok(data)))
     }
+    /// Starts making the state as of `last_applied` durable in the state machine's own
+    /// storage and returns the job that finishes it, or `None` (the default) when the state
+    /// machine is not durable by itself. Called with applies held off (so the start must be
+    /// quick); the job runs on a blocking thread while the group applies on, and what it
+    /// covers must be durable when it returns.
+    ///
+    /// A state machine that offers it gets *lazy* snapshots: when openraft's policy asks for
+    /// a snapshot the group only makes the state durable (Raft may then purge its log
+    /// behind it), and the bytes of a snapshot are built (through
+    /// [`snapshot_job`](Self::snapshot_job)) only when a follower needs one.
+    fn persist_job(&self) -> Result<Option<PersistJob>, BoxError> {
+        Ok(None)
+    }
     /// Replace the full state with a snapshot taken at `position`.
     fn restore(&self, position: LogPosition, data: &[u8]) -> Result<(), BoxError>;
 }
@@ -89,13 +102,20 @@ pub trait StateMachine: Send + Sync + 'static {
 /// What [`StateMachine::snapshot_job`] returns: builds the snapshot bytes as of its cut.
 pub type SnapshotJob = Box<dyn FnOnce() -> Result<Vec<u8>, BoxError> + Send>;
 
+/// What [`StateMachine::persist_job`] returns: makes the state as of its cut durable.
+pub type PersistJob = Box<dyn FnOnce() -> Result<(), BoxError> + Send>;
+
 struct Shared {
     group: String,
     sm: Arc<dyn StateMachine>,
     storage: Arc<dyn LogStorage>,
     /// Serializes the user state machine: a snapshot never interleaves with an apply.
     lock: Mutex<()>,
+    /// The last snapshot whose bytes were built (or installed, or kept from the last run).
     current: Mutex<Option<(SnapshotMeta, Vec<u8>)>>,
+    /// The last lazy snapshot (see [`StateMachine::persist_job`]): the state is durable
+    /// up to it, its bytes are built when a follower needs them.
+    cut: Mutex<Option<SnapshotMeta>>,
     /// Whether the snapshot the storage kept from the last run was looked at (on the first
     /// ask for the current snapshot).
     looked_for_kept: AtomicBool,
@@ -134,6 +154,7 @@ impl StateMachineStore {
                 storage,
                 lock: Mutex::new(()),
                 current: Mutex::new(None),
+                cut: Mutex::new(None),
                 looked_for_kept: AtomicBool::new(false),
                 seq: AtomicU64::new(0),
                 apply_seconds: metrics::histogram!("ignite_raft_apply_seconds"),
@@ -190,22 +211,42 @@ impl StateMachineStore {
 
     /// Builds a snapshot on a blocking thread (the cut may write to the disk): the cut (the
     /// applied position, the membership and the state machine's job) is taken with applies
-    /// held off, then the job runs while the group goes on applying.
-    async fn build(&self) -> Result<Snapshot<TypeConfig>, AnyError> {
+    /// held off, then the job runs while the group goes on applying. Unless `bytes`, a state
+    /// machine that persists itself (see [`StateMachine::persist_job`]) is only made durable
+    /// up to the cut, and the snapshot has no bytes (`None`).
+    async fn build(&self, bytes: bool) -> Result<(SnapshotMeta, Option<Vec<u8>>), AnyError> {
+        enum Job {
+            Bytes(SnapshotJob),
+            Persist(PersistJob),
+        }
         let store = self.clone();
         let shared = &self.shared;
         let (last, membership, data) = tokio::task::spawn_blocking(move || {
             let shared = &store.shared;
+            let start_err = |e: BoxError| sm_err(&shared.group, "start snapshot", &e);
             let (last, membership, job) = {
                 let _serial = shared.lock.lock();
                 let (last, membership) = store.applied()?;
-                let job = shared
-                    .sm
-                    .snapshot_job()
-                    .map_err(|e| sm_err(&shared.group, "start snapshot", &e))?;
+                let persist = if bytes {
+                    None
+                } else {
+                    shared.sm.persist_job().map_err(start_err)?
+                };
+                let job = match persist {
+                    Some(job) => Job::Persist(job),
+                    None => Job::Bytes(shared.sm.snapshot_job().map_err(start_err)?),
+                };
                 (last, membership, job)
             };
-            let data = job().map_err(|e| sm_err(&shared.group, "build snapshot", &e))?;
+            let data = match job {
+                Job::Bytes(job) => {
+                    Some(job().map_err(|e| sm_err(&shared.group, "build snapshot", &e))?)
+                }
+                Job::Persist(job) => {
+                    job().map_err(|e| sm_err(&shared.group, "persist the state", &e))?;
+                    None
+                }
+            };
             Ok::<_, AnyError>((last, membership, data))
         })
         .await
@@ -225,17 +266,40 @@ impl StateMachineStore {
             last_membership: membership,
             snapshot_id,
         };
-        tracing::info!(
-            group_id = %shared.group,
-            index = last.map(|l| l.index),
-            bytes = data.len(),
-            "built snapshot"
-        );
-        *shared.current.lock() = Some((meta.clone(), data.clone()));
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        match &data {
+            Some(data) => {
+                tracing::info!(
+                    group_id = %shared.group,
+                    index = last.map(|l| l.index),
+                    bytes = data.len(),
+                    "built snapshot"
+                );
+                *shared.current.lock() = Some((meta.clone(), data.clone()));
+            }
+            None => {
+                tracing::debug!(group_id = %shared.group, index = last.map(|l| l.index), "state persisted for a snapshot");
+                *shared.cut.lock() = Some(meta.clone());
+                // bytes older than the cut are rebuilt when asked for: free them now
+                let mut current = shared.current.lock();
+                if current
+                    .as_ref()
+                    .is_some_and(|(m, _)| m.last_log_id < meta.last_log_id)
+                {
+                    *current = None;
+                }
+            }
+        }
+        Ok((meta, data))
+    }
+
+    /// Has the storage keep the snapshot for the next start, off the runtime (a large
+    /// snapshot's file write would hold up a worker).
+    async fn keep(&self, meta: &SnapshotMeta, data: &[u8]) {
+        let shared = Arc::clone(&self.shared);
+        let (meta, data) = (meta.clone(), data.to_vec());
+        if let Err(e) = tokio::task::spawn_blocking(move || shared.keep(&meta, &data)).await {
+            tracing::warn!(group_id = %self.shared.group, error = %e, "keeping the snapshot failed");
+        }
     }
 }
 
@@ -400,17 +464,18 @@ impl Shared {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let snapshot = self
-            .build()
+        let (meta, data) = self
+            .build(false)
             .await
             .map_err(StorageIOError::read_state_machine)?;
-        let shared = Arc::clone(&self.shared);
-        let (meta, data) = (snapshot.meta.clone(), snapshot.snapshot.get_ref().clone());
-        // off the runtime: a large snapshot's file write would hold up a worker
-        if let Err(e) = tokio::task::spawn_blocking(move || shared.keep(&meta, &data)).await {
-            tracing::warn!(group_id = %self.shared.group, error = %e, "keeping the snapshot failed");
+        if let Some(data) = &data {
+            self.keep(&meta, data).await;
         }
-        Ok(snapshot)
+        // openraft keeps only the meta of a snapshot it asked for
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data.unwrap_or_default())),
+        })
     }
 }
 
@@ -539,11 +604,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .map_err(|e| write_err(sm_err(&shared.group, "restore snapshot", &e)))?;
         }
         tracing::info!(group_id = %shared.group, snapshot_id = %meta.snapshot_id, bytes = data.len(), "installed snapshot");
-        let kept = (Arc::clone(&shared), meta.clone(), data.clone());
+        self.keep(meta, &data).await;
         *shared.current.lock() = Some((meta.clone(), data));
-        if let Err(e) = tokio::task::spawn_blocking(move || kept.0.keep(&kept.1, &kept.2)).await {
-            tracing::warn!(group_id = %shared.group, error = %e, "keeping the installed snapshot failed");
-        }
         Ok(())
     }
 
@@ -560,6 +622,27 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e.to_string())))?;
             if let Some(kept) = kept {
                 self.shared.current.lock().get_or_insert(kept);
+            }
+        }
+        // A lazy snapshot's bytes are built now, at the applied position (at or after the
+        // cut, so Raft's log holds everything after them), with applies held off only for
+        // the cut; they serve every follower until the next cut.
+        let stale = {
+            let cut = self.shared.cut.lock();
+            let current = self.shared.current.lock();
+            match (&*cut, &*current) {
+                (Some(cut), Some((meta, _))) => cut.last_log_id > meta.last_log_id,
+                (Some(_), None) => true,
+                (None, _) => false,
+            }
+        };
+        if stale {
+            let (meta, data) = self
+                .build(true)
+                .await
+                .map_err(|e| StorageIOError::read_snapshot(None, e))?;
+            if let Some(data) = &data {
+                self.keep(&meta, data).await;
             }
         }
         let current = self.shared.current.lock().clone();
@@ -942,5 +1025,107 @@ mod tests {
             .unwrap();
         assert_eq!(restored.get("a"), Some("1".into()));
         assert_eq!(restored.get("c"), None);
+    }
+
+    /// [`MemoryStateMachine`] that persists itself: counts its persist and snapshot jobs.
+    #[derive(Default)]
+    struct SelfPersisting {
+        inner: MemoryStateMachine,
+        /// The applied index the last persist job made durable.
+        persisted: Arc<AtomicU64>,
+        snapshots: AtomicU64,
+    }
+
+    impl StateMachine for SelfPersisting {
+        fn last_applied(&self) -> Result<Option<LogPosition>, BoxError> {
+            self.inner.last_applied()
+        }
+        fn apply(&self, position: LogPosition, command: &[u8]) -> Result<Vec<u8>, BoxError> {
+            self.inner.apply(position, command)
+        }
+        fn advance(&self, position: LogPosition) -> Result<(), BoxError> {
+            self.inner.advance(position)
+        }
+        fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
+            self.snapshots.fetch_add(1, Ordering::SeqCst);
+            self.inner.snapshot()
+        }
+        fn persist_job(&self) -> Result<Option<PersistJob>, BoxError> {
+            let cut = self.inner.applied_index();
+            let persisted = Arc::clone(&self.persisted);
+            Ok(Some(Box::new(move || {
+                persisted.store(cut, Ordering::SeqCst);
+                Ok(())
+            })))
+        }
+        fn restore(&self, position: LogPosition, data: &[u8]) -> Result<(), BoxError> {
+            self.inner.restore(position, data)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_self_persisting_state_machine_builds_snapshot_bytes_only_when_asked() {
+        let sm = Arc::new(SelfPersisting::default());
+        let mut store = StateMachineStore::new(
+            "g",
+            Arc::clone(&sm) as Arc<dyn StateMachine>,
+            Arc::new(MemoryLogStorage::new()),
+            None,
+        );
+        // openraft's start: nothing kept, nothing cut
+        assert!(store.get_current_snapshot().await.unwrap().is_none());
+        store
+            .apply(vec![put(1, "a", "1"), put(2, "b", "1")])
+            .await
+            .unwrap();
+        let mut builder = store.get_snapshot_builder().await;
+        let cut = builder.build_snapshot().await.unwrap();
+        assert_eq!(cut.meta.last_log_id.map(|l| l.index), Some(2));
+        assert_eq!(
+            sm.persisted.load(Ordering::SeqCst),
+            2,
+            "persisted up to the cut"
+        );
+        assert_eq!(
+            sm.snapshots.load(Ordering::SeqCst),
+            0,
+            "no bytes built for the cut"
+        );
+
+        // a follower needs the snapshot: the bytes are built then, at the applied position
+        store.apply(vec![put(3, "a", "2")]).await.unwrap();
+        let sent = store
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a snapshot");
+        assert_eq!(sent.meta.last_log_id.map(|l| l.index), Some(3));
+        assert_eq!(sm.snapshots.load(Ordering::SeqCst), 1);
+        let restored = MemoryStateMachine::new();
+        restored
+            .restore(LogPosition { index: 3, term: 1 }, sent.snapshot.get_ref())
+            .unwrap();
+        assert_eq!(restored.get("a"), Some("2".into()));
+        assert_eq!(restored.get("b"), Some("1".into()));
+
+        // the same bytes serve until the next cut
+        store.apply(vec![put(4, "c", "1")]).await.unwrap();
+        let again = store
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a snapshot");
+        assert_eq!(again.meta.snapshot_id, sent.meta.snapshot_id);
+        assert_eq!(sm.snapshots.load(Ordering::SeqCst), 1);
+        let mut builder = store.get_snapshot_builder().await;
+        builder.build_snapshot().await.unwrap();
+        assert_eq!(sm.persisted.load(Ordering::SeqCst), 4);
+        let fresh = store
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a snapshot");
+        assert_eq!(fresh.meta.last_log_id.map(|l| l.index), Some(4));
+        assert_eq!(sm.snapshots.load(Ordering::SeqCst), 2);
     }
 }

@@ -702,6 +702,18 @@ impl SledKeyValueStorage {
         }))
     }
 
+    /// The cut writes everything pending out (so sled holds every version up to it); the
+    /// job flushes sled.
+    fn persist_job_impl(self: Arc<Self>) -> Result<Option<super::PersistJob>> {
+        {
+            let _writer = self.writer.lock();
+            self.write_out()?;
+        }
+        Ok(Some(Box::new(move || {
+            self.call(|| self.db.flush().map(drop))
+        })))
+    }
+
     /// How many times pruning has waited for a snapshot job.
     #[cfg(test)]
     fn prunes_waited(&self) -> u64 {
@@ -1376,5 +1388,38 @@ mod snapshot_job_tests {
             1,
             "pruned after the job"
         );
+    }
+
+    /// A persist job's cut writes out every pending write set, so the sled flush of its job
+    /// covers everything applied before the cut; the memory storage has none.
+    #[test]
+    fn a_persist_job_covers_every_write_before_its_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(SledKeyValueStorage::open_with(dir.path(), 100, 1_000).unwrap());
+        for v in ["1", "2", "3"] {
+            s.put(b"k", v.as_bytes()).unwrap();
+        }
+        assert_eq!(
+            s.wb.pending.read().sets.len(),
+            3,
+            "held back by the write-behind"
+        );
+        let job = Arc::clone(&s)
+            .persist_job()
+            .unwrap()
+            .expect("sled persists itself");
+        assert!(
+            s.wb.pending.read().sets.is_empty(),
+            "written out at the cut"
+        );
+        s.put(b"k", b"4").unwrap();
+        job().unwrap();
+        assert_eq!(
+            s.wb.pending.read().sets.len(),
+            1,
+            "a later write is not the job's"
+        );
+        let memory = Arc::new(crate::storage::MemoryKeyValueStorage::new());
+        assert!(memory.persist_job().unwrap().is_none());
     }
 }

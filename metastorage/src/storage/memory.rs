@@ -82,6 +82,11 @@ impl MemoryKeyValueStorage {
         Ok(Box::new(move || Ok(snapshot)))
     }
 
+    /// Memory is not durable: Raft keeps whole snapshots of it.
+    fn persist_job_impl(self: std::sync::Arc<Self>) -> Result<Option<super::PersistJob>> {
+        Ok(None)
+    }
+
     /// Memory never waits.
     fn would_wait_impl(&self, _incoming: usize) -> bool {
         false

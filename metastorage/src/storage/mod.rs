@@ -19,6 +19,9 @@ use crate::{
 /// What [`KeyValueStorage::snapshot_job`] returns: builds the snapshot as of its cut.
 pub type SnapshotJob = Box<dyn FnOnce() -> Result<StorageSnapshot> + Send>;
 
+/// What [`KeyValueStorage::persist_job`] returns: makes the state as of its cut durable.
+pub type PersistJob = Box<dyn FnOnce() -> Result<()> + Send>;
+
 /// How many command ids a storage remembers for idempotent retries, unless told otherwise.
 /// Every replica must use the same window (it is part of the replicated state machine).
 pub const DEFAULT_COMMAND_WINDOW: u64 = 10_000;
@@ -168,6 +171,13 @@ pub trait KeyValueStorage: Send + Sync + 'static {
         self.flush()?;
         let snapshot = self.snapshot()?;
         Ok(Box::new(move || Ok(snapshot)))
+    }
+    /// Starts making everything applied so far durable and returns the job that finishes
+    /// it, which may run while more commands are applied; `None` when the storage is not
+    /// durable by itself (memory). Only the start waits for applies. Raft then purges its
+    /// log behind the cut without a snapshot's bytes. Default: `None`.
+    fn persist_job(self: std::sync::Arc<Self>) -> Result<Option<PersistJob>> {
+        Ok(None)
     }
     /// Replace the whole state with `snapshot`.
     fn restore(&self, snapshot: StorageSnapshot) -> Result<()>;

@@ -585,6 +585,11 @@ macro_rules! impl_key_value_storage {
             ) -> $crate::error::Result<$crate::storage::SnapshotJob> {
                 self.snapshot_job_impl()
             }
+            fn persist_job(
+                self: std::sync::Arc<Self>,
+            ) -> $crate::error::Result<Option<$crate::storage::PersistJob>> {
+                self.persist_job_impl()
+            }
             fn restore(
                 &self,
                 snapshot: $crate::storage::StorageSnapshot,

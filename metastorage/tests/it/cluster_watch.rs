@@ -134,3 +134,90 @@ async fn the_delivered_revision_is_recorded_while_the_node_runs() -> Result<()> 
     }
     cluster.stop().await
 }
+
+/// A node that comes back after the leader purged the log it missed catches up from a
+/// snapshot, whose bytes the leader builds only then (its snapshots are cuts of the durable
+/// sled storage until a follower needs one); its watches then go on from the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_behind_a_purged_log_catches_up_from_a_snapshot() -> Result<()> {
+    use serde_json::json;
+
+    let options = Options {
+        settings: vec![
+            ("raft.snapshot_logs_since_last".to_owned(), json!(10)),
+            ("raft.max_in_snapshot_log_to_keep".to_owned(), json!(0)),
+        ],
+        ..Options::default()
+    };
+    let mut cluster = TestCluster::start(3, true, options).await?;
+    cluster.init_and_start("n1").await?;
+    for node in &cluster.nodes {
+        node.ms.deploy_watches()?;
+    }
+    let mut last = cluster.node("n1").ms.put("before", "stop").await?;
+    cluster
+        .node("n3")
+        .ms
+        .wait_watches(last, crate::harness::WAIT)
+        .await?;
+    let n3_applied = cluster
+        .node("n3")
+        .ms
+        .group()
+        .and_then(|g| g.metrics().last_applied)
+        .map_or(0, |p| p.index);
+    cluster.stop_node("n3").await?;
+
+    let leader = cluster
+        .nodes
+        .iter()
+        .find(|n| n.ms.group().is_some_and(|g| g.is_leader()))
+        .map(|n| n.name.clone())
+        .expect("a leader among n1 and n2");
+    for i in 0..30 {
+        last = cluster
+            .node(&leader)
+            .ms
+            .put(format!("k{i}"), format!("v{i}"))
+            .await?;
+    }
+    let group = cluster
+        .node(&leader)
+        .ms
+        .group()
+        .expect("the leader's group");
+    group.trigger_snapshot().await?;
+    group
+        .wait_for(crate::harness::WAIT, "the log purged past n3", |m| {
+            m.purged.is_some_and(|p| p.index > n3_applied + 1)
+        })
+        .await?;
+
+    let dir = cluster.data_dir("n3");
+    let node = TestNode::start("n3", cluster.seeds(), dir.as_deref(), &cluster.options).await?;
+    node.start_ms().await?;
+    assert!(
+        node.ms.revision() >= last,
+        "caught up before start returned"
+    );
+    for i in 0..30 {
+        let entry = node.ms.get(format!("k{i}").as_bytes()).await?;
+        assert_eq!(
+            entry.and_then(|e| e.value),
+            Some(format!("v{i}").into_bytes()),
+            "k{i}"
+        );
+    }
+    let m = node.ms.group().expect("n3's group").metrics();
+    assert!(
+        m.snapshot.is_some_and(|s| s.index > n3_applied),
+        "caught up through a snapshot: {m:?}"
+    );
+    let mut rx = watch_all(&node)?;
+    node.ms.deploy_watches()?;
+    cluster.nodes.push(node);
+    let more = cluster.node(&leader).ms.put("after", "restart").await?;
+    let live = events_until(&mut rx, more).await?;
+    assert_eq!(revisions(&live).last(), Some(&more));
+    cluster.stop().await
+}
