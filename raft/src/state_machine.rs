@@ -292,12 +292,17 @@ impl StateMachineStore {
         Ok((meta, data))
     }
 
-    /// Has the storage keep the snapshot for the next start, off the runtime (a large
-    /// snapshot's file write would hold up a worker).
-    async fn keep(&self, meta: &SnapshotMeta, data: &[u8]) {
+    /// Has the storage keep the snapshot (or, with `cut`, a lazy snapshot's cut, without
+    /// bytes) for the next start, off the runtime (a large snapshot's file write would hold
+    /// up a worker).
+    async fn keep(&self, meta: &SnapshotMeta, data: &[u8], cut: bool) {
         let shared = Arc::clone(&self.shared);
-        let (meta, data) = (meta.clone(), data.to_vec());
-        if let Err(e) = tokio::task::spawn_blocking(move || shared.keep(&meta, &data)).await {
+        let kept = KeptMeta {
+            meta: meta.clone(),
+            cut,
+        };
+        let data = data.to_vec();
+        if let Err(e) = tokio::task::spawn_blocking(move || shared.keep(&kept, &data)).await {
             tracing::warn!(group_id = %self.shared.group, error = %e, "keeping the snapshot failed");
         }
     }
@@ -399,10 +404,20 @@ impl CommandRun {
     }
 }
 
+/// The meta of a kept snapshot: openraft's, and whether it is a lazy snapshot's cut (kept
+/// without bytes: the state machine holds the state durably up to it, and the bytes are
+/// built when a follower asks). A file from a build before `cut` existed does not decode
+/// (its meta ends early) and is not used.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptMeta {
+    meta: SnapshotMeta,
+    cut: bool,
+}
+
 impl Shared {
     /// Has the storage keep `meta` and `data` for the next start; a failure only costs
     /// that start a rebuild, so it is logged, not returned.
-    fn keep(&self, meta: &SnapshotMeta, data: &[u8]) {
+    fn keep(&self, meta: &KeptMeta, data: &[u8]) {
         let kept = crate::log_store::encode(meta)
             .map_err(|e| e.to_string())
             .and_then(|meta| {
@@ -418,8 +433,8 @@ impl Shared {
     /// The snapshot the storage kept from the last run, when it is usable: whole, at or
     /// after the log's purge point (a lagging follower needs nothing the log no longer has)
     /// and at or before the state machine's applied position (it holds nothing the state
-    /// does not).
-    fn kept(&self) -> Option<(SnapshotMeta, Vec<u8>)> {
+    /// does not). A cut comes with empty bytes.
+    fn kept(&self) -> Option<(KeptMeta, Vec<u8>)> {
         let refuse = |why: String| {
             tracing::info!(group_id = %self.group, reason = %why, "not using the kept snapshot; building one");
             None
@@ -429,11 +444,11 @@ impl Shared {
             Ok(None) => return None,
             Err(e) => return refuse(e.to_string()),
         };
-        let meta: SnapshotMeta = match crate::log_store::decode(&meta) {
-            Ok(meta) => meta,
+        let kept: KeptMeta = match crate::log_store::decode(&meta) {
+            Ok(kept) => kept,
             Err(e) => return refuse(format!("its meta does not decode: {e}")),
         };
-        let Some(at) = meta.last_log_id else {
+        let Some(at) = kept.meta.last_log_id else {
             return refuse("it holds no log position".into());
         };
         match read_meta::<LogId>(self.storage.as_ref(), MetaKey::LastPurged) {
@@ -457,8 +472,8 @@ impl Shared {
             }
             Err(e) => return refuse(format!("reading the applied position: {e}")),
         }
-        tracing::info!(group_id = %self.group, index = at.index, bytes = data.len(), "using the snapshot kept from the last run");
-        Some((meta, data))
+        tracing::info!(group_id = %self.group, index = at.index, bytes = data.len(), cut = kept.cut, "using the snapshot kept from the last run");
+        Some((kept, data))
     }
 }
 
@@ -468,8 +483,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             .build(false)
             .await
             .map_err(StorageIOError::read_state_machine)?;
-        if let Some(data) = &data {
-            self.keep(&meta, data).await;
+        match &data {
+            Some(data) => self.keep(&meta, data, false).await,
+            None => self.keep(&meta, &[], true).await,
         }
         // openraft keeps only the meta of a snapshot it asked for
         Ok(Snapshot {
@@ -604,7 +620,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .map_err(|e| write_err(sm_err(&shared.group, "restore snapshot", &e)))?;
         }
         tracing::info!(group_id = %shared.group, snapshot_id = %meta.snapshot_id, bytes = data.len(), "installed snapshot");
-        self.keep(meta, &data).await;
+        self.keep(meta, &data, false).await;
         *shared.current.lock() = Some((meta.clone(), data));
         Ok(())
     }
@@ -620,13 +636,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             })
             .await
             .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e.to_string())))?;
-            if let Some(kept) = kept {
-                self.shared.current.lock().get_or_insert(kept);
+            match kept {
+                Some((kept, _)) if kept.cut => {
+                    // openraft's start reads only the meta; a follower's ask builds the bytes
+                    self.shared.cut.lock().get_or_insert(kept.meta.clone());
+                    return Ok(Some(Snapshot {
+                        meta: kept.meta,
+                        snapshot: Box::new(Cursor::new(Vec::new())),
+                    }));
+                }
+                Some((kept, data)) => {
+                    self.shared.current.lock().get_or_insert((kept.meta, data));
+                }
+                None => {}
             }
         }
         // A lazy snapshot's bytes are built now, at the applied position (at or after the
-        // cut, so Raft's log holds everything after them), with applies held off only for
-        // the cut; they serve every follower until the next cut.
+        // cut, so Raft's log holds everything after them); this runs on openraft's state
+        // machine worker, so the group's applies wait for it. The bytes serve every follower
+        // until the next cut.
         let stale = {
             let cut = self.shared.cut.lock();
             let current = self.shared.current.lock();
@@ -642,7 +670,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .await
                 .map_err(|e| StorageIOError::read_snapshot(None, e))?;
             if let Some(data) = &data {
-                self.keep(&meta, data).await;
+                self.keep(&meta, data, false).await;
             }
         }
         let current = self.shared.current.lock().clone();
@@ -1127,5 +1155,56 @@ mod tests {
             .expect("a snapshot");
         assert_eq!(fresh.meta.last_log_id.map(|l| l.index), Some(4));
         assert_eq!(sm.snapshots.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_start_after_a_lazy_snapshot_uses_its_cut_without_building() {
+        let sm = Arc::new(SelfPersisting::default());
+        let storage = Arc::new(MemoryLogStorage::new());
+        let store = |sm: &Arc<SelfPersisting>| {
+            StateMachineStore::new(
+                "g",
+                Arc::clone(sm) as Arc<dyn StateMachine>,
+                Arc::clone(&storage) as Arc<dyn LogStorage>,
+                None,
+            )
+        };
+        let mut first = store(&sm);
+        assert!(first.get_current_snapshot().await.unwrap().is_none());
+        first
+            .apply(vec![put(1, "a", "1"), put(2, "b", "1")])
+            .await
+            .unwrap();
+        first
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        drop(first);
+
+        // openraft's start reads the cut's meta: no bytes, no persisting
+        let mut again = store(&sm);
+        sm.persisted.store(0, Ordering::SeqCst);
+        let at_start = again
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("the kept cut");
+        assert_eq!(at_start.meta.last_log_id.map(|l| l.index), Some(2));
+        assert_eq!(sm.snapshots.load(Ordering::SeqCst), 0);
+        assert_eq!(sm.persisted.load(Ordering::SeqCst), 0);
+        // a follower's ask builds the bytes
+        let sent = again
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a snapshot");
+        assert_eq!(sm.snapshots.load(Ordering::SeqCst), 1);
+        let restored = MemoryStateMachine::new();
+        restored
+            .restore(LogPosition { index: 2, term: 1 }, sent.snapshot.get_ref())
+            .unwrap();
+        assert_eq!(restored.get("b"), Some("1".into()));
     }
 }
