@@ -62,8 +62,8 @@ pub use crate::{
     state_machine::{PartitionStateMachine, DEFAULT_COMMAND_WINDOW},
     storage::{
         Change, MemoryPartitionProvider, MemoryPartitionStorage, PartitionSnapshot,
-        PartitionStorage, PartitionStorageProvider, SledPartitionProvider, SledPartitionStorage,
-        WriteBatch,
+        PartitionStorage, PartitionStorageProvider, PersistJob, SledPartitionProvider,
+        SledPartitionStorage, WriteBatch,
     },
     view::{partition_of, Table},
 };

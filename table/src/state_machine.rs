@@ -312,6 +312,14 @@ impl StateMachine for PartitionStateMachine {
         Ok(self.storage.snapshot()?)
     }
 
+    /// A sled partition persists itself: its rows are exported only for a follower.
+    fn persist_job(&self) -> Result<Option<raft::PersistJob>, BoxError> {
+        let Some(job) = self.storage.persist_job()? else {
+            return Ok(None);
+        };
+        Ok(Some(Box::new(move || Ok(job()?))))
+    }
+
     fn restore(&self, position: LogPosition, data: &[u8]) -> Result<(), BoxError> {
         // the window's index is rebuilt from the restored blocks at the next use
         let mut index = self.index.lock();

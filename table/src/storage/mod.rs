@@ -22,6 +22,9 @@ use crate::error::{Error, Result};
 /// The format version byte in front of every encoded snapshot.
 const SNAPSHOT_VERSION: u8 = 1;
 
+/// What [`PartitionStorage::persist_job`] returns: makes the state as of its cut durable.
+pub type PersistJob = Box<dyn FnOnce() -> Result<()> + Send>;
+
 /// One partition's rows and bookkeeping. Every method is blocking (sled); callers on the
 /// async runtime keep the calls short (point reads, bounded scans, one batch per command).
 pub trait PartitionStorage: Send + Sync + 'static {
@@ -56,6 +59,13 @@ pub trait PartitionStorage: Send + Sync + 'static {
     /// The full state (rows, meta, last applied), encoded; see [`PartitionSnapshot`].
     /// Everything in it is durable when this returns.
     fn snapshot(&self) -> Result<Vec<u8>>;
+    /// Starts making everything applied so far durable and returns the job that finishes
+    /// it, which may run while more batches are applied; `None` when the storage is not
+    /// durable by itself (memory). The partition's Raft group then purges its log behind
+    /// the cut and exports the rows only when a follower needs a snapshot. Default: `None`.
+    fn persist_job(&self) -> Result<Option<PersistJob>> {
+        Ok(None)
+    }
     /// Replaces the full state with a [`snapshot`](Self::snapshot)'s.
     fn restore(&self, data: &[u8]) -> Result<()>;
     /// Removes every row, meta key and the applied position, and the storage itself (the

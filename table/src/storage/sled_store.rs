@@ -34,7 +34,7 @@ use raft::LogPosition;
 
 use super::{
     parse_tree_name, tree_name, with_prefix, Change, PartitionSnapshot, PartitionStorage,
-    PartitionStorageProvider, WriteBatch,
+    PartitionStorageProvider, PersistJob, WriteBatch,
 };
 use crate::error::{Error, Result};
 
@@ -457,6 +457,15 @@ impl PartitionStorage for SledPartitionStorage {
         };
         self.flush()?;
         snapshot.encode()
+    }
+
+    /// The cut writes this partition's pending changes out; the job flushes sled.
+    fn persist_job(&self) -> Result<Option<PersistJob>> {
+        self.write_out()?;
+        let (db, name) = (self.db.clone(), self.name.clone());
+        Ok(Some(Box::new(move || {
+            guarded(&name, || db.flush().map(|_| ()))
+        })))
     }
 
     fn restore(&self, data: &[u8]) -> Result<()> {

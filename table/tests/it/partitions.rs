@@ -328,13 +328,25 @@ async fn a_retried_command_id_applies_once() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_replica_catches_up_through_a_snapshot_with_the_command_window() -> Result<()> {
+    catches_up_through_a_snapshot(Storage::Memory).await
+}
+
+/// On sled the partition persists itself: the leader's snapshots are cuts and the rows are
+/// exported only when the new replica asks for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_sled_replica_catches_up_through_a_snapshot_built_when_it_asks() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    catches_up_through_a_snapshot(Storage::Sled(dir.path().to_path_buf())).await
+}
+
+async fn catches_up_through_a_snapshot(storage: Storage) -> Result<()> {
     bounded(async {
         let config = raft::RaftConfiguration {
             snapshot_logs_since_last: 10,
             max_in_snapshot_log_to_keep: 0,
             ..fast_config()
         };
-        let cluster = Cluster::start_with(4, Storage::Memory, config).await?;
+        let cluster = Cluster::start_with(4, storage, config).await?;
         let members = voters(3);
         cluster.start_partition(0, &members).await?;
         let leader_name = cluster.leader(0, &members).await?;
