@@ -702,12 +702,7 @@ mod tests {
     #[tokio::test]
     async fn batch_entries_answer_every_command_in_order() {
         let sm = Arc::new(MemoryStateMachine::new());
-        let mut store = StateMachineStore::new(
-            "g",
-            Arc::clone(&sm) as Arc<dyn StateMachine>,
-            Arc::new(MemoryLogStorage::new()),
-            None,
-        );
+        let mut store = memory_store(Arc::clone(&sm) as Arc<dyn StateMachine>);
         let entries = vec![
             entry(
                 1,
@@ -923,12 +918,7 @@ mod tests {
     #[tokio::test]
     async fn consecutive_command_entries_of_a_batching_group_apply_together() {
         let sm = Arc::new(Recording::default());
-        let mut store = StateMachineStore::new(
-            "g",
-            Arc::clone(&sm) as Arc<dyn StateMachine>,
-            Arc::new(MemoryLogStorage::new()),
-            None,
-        );
+        let mut store = memory_store(Arc::clone(&sm) as Arc<dyn StateMachine>);
         let one = |i: u64, c: &[u8]| entry(i, EntryPayload::Normal(Command::One(c.to_vec())));
         let batch = |i: u64, cs: &[&[u8]]| {
             entry(
@@ -962,6 +952,29 @@ mod tests {
         assert_eq!(*sm.calls.lock(), vec![(3, 4), (6, 3)]);
     }
 
+    /// A store over `sm` with a fresh in-memory log.
+    fn memory_store(sm: Arc<dyn StateMachine>) -> StateMachineStore {
+        StateMachineStore::new("g", sm, Arc::new(MemoryLogStorage::new()), None)
+    }
+
+    /// The methods a test double passes on to its `inner` [`MemoryStateMachine`].
+    macro_rules! delegate_to_inner {
+        () => {
+            fn last_applied(&self) -> Result<Option<LogPosition>, BoxError> {
+                self.inner.last_applied()
+            }
+            fn apply(&self, position: LogPosition, command: &[u8]) -> Result<Vec<u8>, BoxError> {
+                self.inner.apply(position, command)
+            }
+            fn advance(&self, position: LogPosition) -> Result<(), BoxError> {
+                self.inner.advance(position)
+            }
+            fn restore(&self, position: LogPosition, data: &[u8]) -> Result<(), BoxError> {
+                self.inner.restore(position, data)
+            }
+        };
+    }
+
     /// [`MemoryStateMachine`] whose snapshot jobs wait for `release` once they started.
     struct GatedSnapshots {
         inner: Arc<MemoryStateMachine>,
@@ -970,15 +983,7 @@ mod tests {
     }
 
     impl StateMachine for GatedSnapshots {
-        fn last_applied(&self) -> Result<Option<LogPosition>, BoxError> {
-            self.inner.last_applied()
-        }
-        fn apply(&self, position: LogPosition, command: &[u8]) -> Result<Vec<u8>, BoxError> {
-            self.inner.apply(position, command)
-        }
-        fn advance(&self, position: LogPosition) -> Result<(), BoxError> {
-            self.inner.advance(position)
-        }
+        delegate_to_inner!();
         fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
             self.inner.snapshot()
         }
@@ -990,9 +995,6 @@ mod tests {
                 release.lock().recv()?;
                 Ok(cut)
             }))
-        }
-        fn restore(&self, position: LogPosition, data: &[u8]) -> Result<(), BoxError> {
-            self.inner.restore(position, data)
         }
     }
 
@@ -1065,15 +1067,7 @@ mod tests {
     }
 
     impl StateMachine for SelfPersisting {
-        fn last_applied(&self) -> Result<Option<LogPosition>, BoxError> {
-            self.inner.last_applied()
-        }
-        fn apply(&self, position: LogPosition, command: &[u8]) -> Result<Vec<u8>, BoxError> {
-            self.inner.apply(position, command)
-        }
-        fn advance(&self, position: LogPosition) -> Result<(), BoxError> {
-            self.inner.advance(position)
-        }
+        delegate_to_inner!();
         fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
             self.snapshots.fetch_add(1, Ordering::SeqCst);
             self.inner.snapshot()
@@ -1086,20 +1080,12 @@ mod tests {
                 Ok(())
             })))
         }
-        fn restore(&self, position: LogPosition, data: &[u8]) -> Result<(), BoxError> {
-            self.inner.restore(position, data)
-        }
     }
 
     #[tokio::test]
     async fn a_self_persisting_state_machine_builds_snapshot_bytes_only_when_asked() {
         let sm = Arc::new(SelfPersisting::default());
-        let mut store = StateMachineStore::new(
-            "g",
-            Arc::clone(&sm) as Arc<dyn StateMachine>,
-            Arc::new(MemoryLogStorage::new()),
-            None,
-        );
+        let mut store = memory_store(Arc::clone(&sm) as Arc<dyn StateMachine>);
         // openraft's start: nothing kept, nothing cut
         assert!(store.get_current_snapshot().await.unwrap().is_none());
         store
