@@ -405,7 +405,6 @@ impl MessagingService {
         }
     }
 
-    /// Accept incoming connections until cancelled.
     /// Accepts connections until `stop`; returning drops the listener.
     pub(crate) async fn accept_loop(self, listener: TcpListener, stop: CancellationToken) {
         let Ok(local) = self.local() else { return };

@@ -829,11 +829,7 @@ mod tests {
 
         // a start finds it: same meta and data, no rebuild from the state (which is at 4)
         let mut again = restarted(&sm, &storage);
-        let kept = again
-            .get_current_snapshot()
-            .await
-            .unwrap()
-            .expect("the kept snapshot");
+        let kept = current(&mut again, "the kept snapshot").await;
         assert_eq!(kept.meta, built.meta);
         assert_eq!(kept.snapshot.get_ref(), built.snapshot.get_ref());
 
@@ -952,6 +948,20 @@ mod tests {
         assert_eq!(*sm.calls.lock(), vec![(3, 4), (6, 3)]);
     }
 
+    /// A fresh [`MemoryStateMachine`] restored from `snapshot`, taken at `index` (term 1).
+    fn restored_from(snapshot: &Snapshot<TypeConfig>, index: u64) -> MemoryStateMachine {
+        let restored = MemoryStateMachine::new();
+        restored
+            .restore(LogPosition { index, term: 1 }, snapshot.snapshot.get_ref())
+            .unwrap();
+        restored
+    }
+
+    /// The store's current snapshot, which must be there (`what` names it).
+    async fn current(store: &mut StateMachineStore, what: &str) -> Snapshot<TypeConfig> {
+        store.get_current_snapshot().await.unwrap().expect(what)
+    }
+
     /// A store over `sm` with a fresh in-memory log.
     fn memory_store(sm: Arc<dyn StateMachine>) -> StateMachineStore {
         StateMachineStore::new("g", sm, Arc::new(MemoryLogStorage::new()), None)
@@ -1046,13 +1056,7 @@ mod tests {
             Some(2),
             "as of the cut"
         );
-        let restored = MemoryStateMachine::new();
-        restored
-            .restore(
-                LogPosition { index: 2, term: 1 },
-                snapshot.snapshot.get_ref(),
-            )
-            .unwrap();
+        let restored = restored_from(&snapshot, 2);
         assert_eq!(restored.get("a"), Some("1".into()));
         assert_eq!(restored.get("c"), None);
     }
@@ -1108,37 +1112,22 @@ mod tests {
 
         // a follower needs the snapshot: the bytes are built then, at the applied position
         store.apply(vec![put(3, "a", "2")]).await.unwrap();
-        let sent = store
-            .get_current_snapshot()
-            .await
-            .unwrap()
-            .expect("a snapshot");
+        let sent = current(&mut store, "a snapshot").await;
         assert_eq!(sent.meta.last_log_id.map(|l| l.index), Some(3));
         assert_eq!(sm.snapshots.load(Ordering::SeqCst), 1);
-        let restored = MemoryStateMachine::new();
-        restored
-            .restore(LogPosition { index: 3, term: 1 }, sent.snapshot.get_ref())
-            .unwrap();
+        let restored = restored_from(&sent, 3);
         assert_eq!(restored.get("a"), Some("2".into()));
         assert_eq!(restored.get("b"), Some("1".into()));
 
         // the same bytes serve until the next cut
         store.apply(vec![put(4, "c", "1")]).await.unwrap();
-        let again = store
-            .get_current_snapshot()
-            .await
-            .unwrap()
-            .expect("a snapshot");
+        let again = current(&mut store, "a snapshot").await;
         assert_eq!(again.meta.snapshot_id, sent.meta.snapshot_id);
         assert_eq!(sm.snapshots.load(Ordering::SeqCst), 1);
         let mut builder = store.get_snapshot_builder().await;
         builder.build_snapshot().await.unwrap();
         assert_eq!(sm.persisted.load(Ordering::SeqCst), 4);
-        let fresh = store
-            .get_current_snapshot()
-            .await
-            .unwrap()
-            .expect("a snapshot");
+        let fresh = current(&mut store, "a snapshot").await;
         assert_eq!(fresh.meta.last_log_id.map(|l| l.index), Some(4));
         assert_eq!(sm.snapshots.load(Ordering::SeqCst), 2);
     }
@@ -1172,25 +1161,14 @@ mod tests {
         // openraft's start reads the cut's meta: no bytes, no persisting
         let mut again = store(&sm);
         sm.persisted.store(0, Ordering::SeqCst);
-        let at_start = again
-            .get_current_snapshot()
-            .await
-            .unwrap()
-            .expect("the kept cut");
+        let at_start = current(&mut again, "the kept cut").await;
         assert_eq!(at_start.meta.last_log_id.map(|l| l.index), Some(2));
         assert_eq!(sm.snapshots.load(Ordering::SeqCst), 0);
         assert_eq!(sm.persisted.load(Ordering::SeqCst), 0);
         // a follower's ask builds the bytes
-        let sent = again
-            .get_current_snapshot()
-            .await
-            .unwrap()
-            .expect("a snapshot");
+        let sent = current(&mut again, "a snapshot").await;
         assert_eq!(sm.snapshots.load(Ordering::SeqCst), 1);
-        let restored = MemoryStateMachine::new();
-        restored
-            .restore(LogPosition { index: 2, term: 1 }, sent.snapshot.get_ref())
-            .unwrap();
+        let restored = restored_from(&sent, 2);
         assert_eq!(restored.get("b"), Some("1".into()));
     }
 }
