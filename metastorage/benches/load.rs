@@ -6,11 +6,12 @@
 //! (16-byte keys, 100-byte values, a fixed duration per cell, clients spread over the nodes),
 //! watch delivery latency (put issued on one node -> listener on another), leader failover
 //! (the leader's network stopped without leaving -> next accepted write) and restart to
-//! serving with 100,000 keys (one node: stop, start again, first linearizable get answers).
-//! Prints one table with the goals and measured/goal ratios.
+//! serving with 100,000 keys (one node: stop, start again, first linearizable get answers),
+//! and a fourth node's catch-up from a snapshot of 100,000 keys with the latencies of the
+//! puts made meanwhile. Prints one table with the goals and measured/goal ratios.
 //!
 //! Cells can be picked by name (`1n-put`, `1n-get`, `3n-put`, `3n-get`, `watch`, `failover`,
-//! `restart`): as arguments (`cargo bench -p metastorage --bench load -- 3n-put watch`) or
+//! `restart`, `catch-up`): as arguments (`cargo bench -p metastorage --bench load -- 3n-put watch`) or
 //! in `METASTORAGE_BENCH` (comma-separated). No name: every cell.
 use std::{
     fmt::Write as _,
@@ -410,22 +411,7 @@ async fn failover(cluster: &mut Cluster) -> Result<(Duration, String)> {
 /// times until a linearizable get answers.
 async fn restart_with_keys() -> Result<Duration> {
     let (cluster, _) = Cluster::start(1, false).await?;
-    let ms = Arc::clone(&cluster.nodes[0].ms);
-    let mut writers = JoinSet::new();
-    for c in 0..256 {
-        let ms = Arc::clone(&ms);
-        writers.spawn(async move {
-            let mut i = c;
-            while i < RESTART_KEYS {
-                ms.put(key(i), value()).await?;
-                i += 256;
-            }
-            Ok::<_, metastorage::Error>(())
-        });
-    }
-    while let Some(joined) = writers.join_next().await {
-        joined??;
-    }
+    load_keys(&cluster.managers(), 0, RESTART_KEYS).await?;
     let Cluster { nodes, dir } = cluster;
     let node = nodes.into_iter().next().context("one node")?;
     node.stop().await?;
@@ -453,6 +439,101 @@ async fn restart_with_keys() -> Result<Duration> {
     node.stop().await?;
     drop(dir);
     Ok(serving)
+}
+
+/// Puts `count` fresh keys from `first` on, 256 in flight spread over `managers`.
+async fn load_keys(managers: &[Arc<MetaStorageManager>], first: usize, count: usize) -> Result<()> {
+    let mut writers = JoinSet::new();
+    for c in 0..256 {
+        let ms = Arc::clone(&managers[c % managers.len()]);
+        writers.spawn(async move {
+            let mut i = c;
+            while i < count {
+                ms.put(key(first + i), value()).await?;
+                i += 256;
+            }
+            Ok::<_, metastorage::Error>(())
+        });
+    }
+    while let Some(joined) = writers.join_next().await {
+        joined??;
+    }
+    Ok(())
+}
+
+/// What the catch-up cell measured.
+struct CatchUp {
+    /// From the fourth node's MetaStorage start to its return (caught up).
+    took: Duration,
+    /// Puts on n1, one at a time, while it caught up.
+    latencies: Vec<Duration>,
+}
+
+/// Three nodes get [`RESTART_KEYS`] keys, then single puts until every node's Raft log
+/// was cut and purged (concurrent puts share log entries); then a fourth node joins and
+/// catches up from a snapshot while a client on n1 puts one key at a time. Returns how
+/// long the catch-up took and the puts' latencies meanwhile: what a snapshot costs the
+/// writes of the cluster that sends it.
+async fn catch_up() -> Result<CatchUp> {
+    let (mut cluster, _) = Cluster::start(3, false).await?;
+    load_keys(&cluster.managers(), 0, RESTART_KEYS).await?;
+    let groups = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            n.ms.group()
+                .with_context(|| format!("{}'s metastorage group", n.name))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let purged = Instant::now() + WAIT;
+    let mut i = RESTART_KEYS;
+    while groups.iter().any(|g| g.metrics().purged.is_none()) {
+        if Instant::now() > purged {
+            bail!("the raft logs were not purged within {WAIT:?}");
+        }
+        cluster.nodes[0].ms.put(key(i), value()).await?;
+        i += 1;
+    }
+    let seeds = cluster
+        .nodes
+        .iter()
+        .map(BenchNode::address)
+        .collect::<Result<Vec<_>>>()?;
+    let n4 = BenchNode::start("n4", &seeds, &cluster.dir.path().join("n4")).await?;
+    let mut state = n4.ms.subscribe_cluster_state();
+    tokio::time::timeout(WAIT, state.wait_for(Option::is_some))
+        .await
+        .context("n4 receives the cluster state")?
+        .context("n4's cluster state")?;
+    let writer = Arc::clone(&cluster.nodes[0].ms);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writing = {
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let t0 = Instant::now();
+                writer.put(key(i), value()).await?;
+                latencies.push(t0.elapsed());
+                i += 1;
+            }
+            Ok::<_, metastorage::Error>(latencies)
+        })
+    };
+    let started = Instant::now();
+    let joined = n4.start_ms().await;
+    let took = started.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let latencies = writing.await??;
+    cluster.nodes.push(n4);
+    joined?;
+    let n4 = &cluster.nodes[3].ms;
+    let last = key(RESTART_KEYS - 1);
+    if n4.get_at(&last, n4.revision())?.is_none() {
+        bail!("n4 caught up without the last of the first {RESTART_KEYS} keys");
+    }
+    cluster.stop().await?;
+    Ok(CatchUp { took, latencies })
 }
 
 /// Nearest-rank percentile (`q` in 0..=1) of sorted samples.
@@ -563,8 +644,8 @@ fn table(rows: &[Row]) -> String {
 struct Filter(Vec<String>);
 
 impl Filter {
-    const CELLS: [&'static str; 7] = [
-        "1n-put", "1n-get", "3n-put", "3n-get", "watch", "failover", "restart",
+    const CELLS: [&'static str; 8] = [
+        "1n-put", "1n-get", "3n-put", "3n-get", "watch", "failover", "restart", "catch-up",
     ];
 
     fn from_env() -> Result<Self> {
@@ -690,6 +771,36 @@ async fn run() -> Result<()> {
             restart,
             Duration::from_millis(300),
         ));
+    }
+    if filter.wants("catch-up") {
+        println!("catch-up: writing {RESTART_KEYS} keys to three nodes, then a fourth joins");
+        let mut c = catch_up().await?;
+        c.latencies.sort_unstable();
+        let max = c.latencies.last().copied().unwrap_or_default();
+        println!(
+            "  caught up in {}; puts meanwhile p50 {} p99 {} max {}",
+            ms(c.took),
+            ms(percentile(&c.latencies, 0.5)),
+            ms(percentile(&c.latencies, 0.99)),
+            ms(max)
+        );
+        rows.push(Row {
+            name: format!(
+                "4th node catch-up from a snapshot, {}k keys",
+                RESTART_KEYS / 1000
+            ),
+            value: ms(c.took),
+            p50: String::new(),
+            p99: String::new(),
+            goal: None,
+        });
+        rows.push(Row {
+            name: format!("  puts on n1 meanwhile, max {}", ms(max)),
+            value: format!("{}", c.latencies.len()),
+            p50: ms(percentile(&c.latencies, 0.5)),
+            p99: ms(percentile(&c.latencies, 0.99)),
+            goal: None,
+        });
     }
     print!("{}", table(&rows));
     println!(

@@ -30,6 +30,7 @@ mod group;
 mod log_store;
 mod manager;
 mod rpc;
+mod snapshot_data;
 mod snapshot_file;
 mod state_machine;
 mod storage;

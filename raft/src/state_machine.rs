@@ -1,12 +1,9 @@
 //! The state-machine swap point: users (MetaStorage, table partitions) implement
 //! [`StateMachine`] with plain bytes; [`StateMachineStore`] adapts it to openraft and keeps
 //! the raft-only bits (the applied membership, snapshot metadata) in the group's log storage.
-use std::{
-    io::Cursor,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
+use std::sync::{
+    atomic::{AtomicBool, AtomicU64, Ordering},
+    Arc,
 };
 
 use lifecycle::BoxError;
@@ -18,6 +15,7 @@ use parking_lot::Mutex;
 
 use crate::{
     log_store::{flush, read_meta, write_meta, Durability},
+    snapshot_data::{SharedBytes, SnapshotData},
     storage::{LogStorage, MetaKey},
     types::{
         Command, Entry, LogId, LogPosition, Response, SnapshotMeta, StorageError, StoredMembership,
@@ -111,8 +109,12 @@ struct Shared {
     storage: Arc<dyn LogStorage>,
     /// Serializes the user state machine: a snapshot never interleaves with an apply.
     lock: Mutex<()>,
-    /// The last snapshot whose bytes were built (or installed, or kept from the last run).
-    current: Mutex<Option<(SnapshotMeta, Vec<u8>)>>,
+    /// The last snapshot whose bytes were built, or are being built (or were installed, or
+    /// kept from the last run): one copy, shared by every follower it is sent to.
+    current: Mutex<Option<(SnapshotMeta, SharedBytes)>>,
+    /// The position of the snapshot kept for the next start: a build that ends after a
+    /// newer one was kept does not replace it.
+    kept_at: Mutex<Option<LogId>>,
     /// The last lazy snapshot (see [`StateMachine::persist_job`]): the state is durable
     /// up to it, its bytes are built when a follower needs them.
     cut: Mutex<Option<SnapshotMeta>>,
@@ -154,6 +156,7 @@ impl StateMachineStore {
                 storage,
                 lock: Mutex::new(()),
                 current: Mutex::new(None),
+                kept_at: Mutex::new(None),
                 cut: Mutex::new(None),
                 looked_for_kept: AtomicBool::new(false),
                 seq: AtomicU64::new(0),
@@ -209,54 +212,30 @@ impl StateMachineStore {
         Ok((last, membership))
     }
 
-    /// Builds a snapshot on a blocking thread (the cut may write to the disk): the cut (the
-    /// applied position, the membership and the state machine's job) is taken with applies
-    /// held off, then the job runs while the group goes on applying. Unless `bytes`, a state
-    /// machine that persists itself (see [`StateMachine::persist_job`]) is only made durable
-    /// up to the cut, and the snapshot has no bytes (`None`).
-    async fn build(&self, bytes: bool) -> Result<(SnapshotMeta, Option<Vec<u8>>), AnyError> {
-        enum Job {
-            Bytes(SnapshotJob),
-            Persist(PersistJob),
-        }
+    /// Takes a cut on a blocking thread (a cut may write to the disk, and the lock may be
+    /// held by one that does): the applied position, the membership and what `take` gets
+    /// from the state machine, with applies held off for no longer than that.
+    async fn cut<T: Send + 'static>(
+        &self,
+        take: impl FnOnce(&dyn StateMachine) -> Result<T, BoxError> + Send + 'static,
+    ) -> Result<(SnapshotMeta, T), AnyError> {
         let store = self.clone();
-        let shared = &self.shared;
-        let (last, membership, data) = tokio::task::spawn_blocking(move || {
+        let (last, membership, taken) = tokio::task::spawn_blocking(move || {
             let shared = &store.shared;
-            let start_err = |e: BoxError| sm_err(&shared.group, "start snapshot", &e);
-            let (last, membership, job) = {
-                let _serial = shared.lock.lock();
-                let (last, membership) = store.applied()?;
-                let persist = if bytes {
-                    None
-                } else {
-                    shared.sm.persist_job().map_err(start_err)?
-                };
-                let job = match persist {
-                    Some(job) => Job::Persist(job),
-                    None => Job::Bytes(shared.sm.snapshot_job().map_err(start_err)?),
-                };
-                (last, membership, job)
-            };
-            let data = match job {
-                Job::Bytes(job) => {
-                    Some(job().map_err(|e| sm_err(&shared.group, "build snapshot", &e))?)
-                }
-                Job::Persist(job) => {
-                    job().map_err(|e| sm_err(&shared.group, "persist the state", &e))?;
-                    None
-                }
-            };
-            Ok::<_, AnyError>((last, membership, data))
+            let _serial = shared.lock.lock();
+            let (last, membership) = store.applied()?;
+            let taken = take(shared.sm.as_ref())
+                .map_err(|e| sm_err(&shared.group, "start snapshot", &e))?;
+            Ok::<_, AnyError>((last, membership, taken))
         })
         .await
         .map_err(|e| {
             AnyError::error(format!(
                 "state machine of raft group {}: snapshot task failed: {e}",
-                shared.group
+                self.shared.group
             ))
         })??;
-        let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
+        let seq = self.shared.seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match last {
             Some(last) => format!("{}-{}-{seq}", last.leader_id.term, last.index),
             None => format!("empty-{seq}"),
@@ -266,43 +245,61 @@ impl StateMachineStore {
             last_membership: membership,
             snapshot_id,
         };
-        match &data {
-            Some(data) => {
-                tracing::info!(
-                    group_id = %shared.group,
-                    index = last.map(|l| l.index),
-                    bytes = data.len(),
-                    "built snapshot"
-                );
-                *shared.current.lock() = Some((meta.clone(), data.clone()));
-            }
-            None => {
-                tracing::debug!(group_id = %shared.group, index = last.map(|l| l.index), "state persisted for a snapshot");
-                *shared.cut.lock() = Some(meta.clone());
-                // bytes older than the cut are rebuilt when asked for: free them now
-                let mut current = shared.current.lock();
-                if current
-                    .as_ref()
-                    .is_some_and(|(m, _)| m.last_log_id < meta.last_log_id)
-                {
-                    *current = None;
-                }
-            }
-        }
-        Ok((meta, data))
+        Ok((meta, taken))
     }
 
-    /// Has the storage keep the snapshot (or, with `cut`, a lazy snapshot's cut, without
-    /// bytes) for the next start, off the runtime (a large snapshot's file write would hold
-    /// up a worker).
-    async fn keep(&self, meta: &SnapshotMeta, data: &[u8], cut: bool) {
+    /// Runs a snapshot `job` (taken at `meta`'s cut) on a blocking thread and returns its
+    /// bytes as they will be: readers wait for them, nothing else does. Once built they are
+    /// kept for the next start: with `keep_first`, before readers get them (a snapshot
+    /// openraft purges the log behind must be on the disk first), else after.
+    fn spawn_bytes(&self, meta: &SnapshotMeta, job: SnapshotJob, keep_first: bool) -> SharedBytes {
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let shared = Arc::clone(&self.shared);
         let kept = KeptMeta {
             meta: meta.clone(),
-            cut,
+            cut: false,
         };
-        let data = data.to_vec();
-        if let Err(e) = tokio::task::spawn_blocking(move || shared.keep(&kept, &data)).await {
+        tokio::task::spawn_blocking(move || match job() {
+            Ok(bytes) => {
+                tracing::info!(
+                    group_id = %shared.group,
+                    index = kept.meta.last_log_id.map(|l| l.index),
+                    bytes = bytes.len(),
+                    "built snapshot"
+                );
+                let bytes = Arc::new(bytes);
+                if keep_first {
+                    shared.keep(&kept, &bytes);
+                    let _ = tx.send(Ok(bytes));
+                } else {
+                    let _ = tx.send(Ok(Arc::clone(&bytes)));
+                    shared.keep(&kept, &bytes);
+                }
+            }
+            Err(e) => {
+                let e = sm_err(&shared.group, "build snapshot", &e);
+                tracing::warn!(group_id = %shared.group, error = %e, "building a snapshot failed");
+                let _ = tx.send(Err(Arc::from(e.to_string())));
+            }
+        });
+        SharedBytes::building(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(Arc::from("the snapshot build stopped before it ended")))
+        })
+    }
+
+    /// Has the storage keep the snapshot (or, with no `data`, a lazy snapshot's cut) for the
+    /// next start, off the runtime (a large snapshot's file write would hold up a worker).
+    async fn keep(&self, meta: &SnapshotMeta, data: Option<Arc<Vec<u8>>>) {
+        let shared = Arc::clone(&self.shared);
+        let kept = KeptMeta {
+            meta: meta.clone(),
+            cut: data.is_none(),
+        };
+        let kept = tokio::task::spawn_blocking(move || {
+            shared.keep(&kept, data.as_deref().map_or(&[][..], Vec::as_slice));
+        });
+        if let Err(e) = kept.await {
             tracing::warn!(group_id = %self.shared.group, error = %e, "keeping the snapshot failed");
         }
     }
@@ -418,6 +415,11 @@ impl Shared {
     /// Has the storage keep `meta` and `data` for the next start; a failure only costs
     /// that start a rebuild, so it is logged, not returned.
     fn keep(&self, meta: &KeptMeta, data: &[u8]) {
+        let mut kept_at = self.kept_at.lock();
+        if *kept_at > meta.meta.last_log_id {
+            tracing::debug!(group_id = %self.group, index = meta.meta.last_log_id.map(|l| l.index), "not keeping a snapshot older than the kept one");
+            return;
+        }
         let kept = crate::log_store::encode(meta)
             .map_err(|e| e.to_string())
             .and_then(|meta| {
@@ -425,8 +427,11 @@ impl Shared {
                     .keep_snapshot(&meta, data)
                     .map_err(|e| e.to_string())
             });
-        if let Err(e) = kept {
-            tracing::warn!(group_id = %self.group, error = %e, "could not keep the snapshot for the next start");
+        match kept {
+            Ok(()) => *kept_at = meta.meta.last_log_id,
+            Err(e) => {
+                tracing::warn!(group_id = %self.group, error = %e, "could not keep the snapshot for the next start")
+            }
         }
     }
 
@@ -478,19 +483,68 @@ impl Shared {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    /// openraft's policy snapshot, in a task of its own: a state machine that persists
+    /// itself (see [`StateMachine::persist_job`]) is only made durable up to the cut (its
+    /// bytes are built when a follower asks: `get_current_snapshot`); any other exports its
+    /// state.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (meta, data) = self
-            .build(false)
+        enum Job {
+            Bytes(SnapshotJob),
+            Persist(PersistJob),
+        }
+        let (meta, job) = self
+            .cut(|sm| {
+                Ok(match sm.persist_job()? {
+                    Some(job) => Job::Persist(job),
+                    None => Job::Bytes(sm.snapshot_job()?),
+                })
+            })
             .await
             .map_err(StorageIOError::read_state_machine)?;
-        match &data {
-            Some(data) => self.keep(&meta, data, false).await,
-            None => self.keep(&meta, &[], true).await,
-        }
+        let shared = &self.shared;
+        let bytes = match job {
+            Job::Bytes(job) => {
+                let bytes = self.spawn_bytes(&meta, job, true);
+                bytes
+                    .get()
+                    .await
+                    .map_err(|e| StorageIOError::read_state_machine(AnyError::error(e)))?;
+                *shared.current.lock() = Some((meta.clone(), bytes.clone()));
+                bytes
+            }
+            Job::Persist(job) => {
+                let group = shared.group.clone();
+                tokio::task::spawn_blocking(move || {
+                    job().map_err(|e| sm_err(&group, "persist the state", &e))
+                })
+                .await
+                .map_err(|e| {
+                    StorageIOError::read_state_machine(AnyError::error(format!(
+                        "state machine of raft group {}: snapshot task failed: {e}",
+                        shared.group
+                    )))
+                })?
+                .map_err(StorageIOError::read_state_machine)?;
+                tracing::debug!(group_id = %shared.group, index = meta.last_log_id.map(|l| l.index), "state persisted for a snapshot");
+                *shared.cut.lock() = Some(meta.clone());
+                {
+                    // bytes older than the cut are rebuilt when asked for: free them now
+                    let mut current = shared.current.lock();
+                    if current
+                        .as_ref()
+                        .is_some_and(|(m, _)| m.last_log_id < meta.last_log_id)
+                    {
+                        *current = None;
+                    }
+                }
+                self.keep(&meta, None).await;
+                SharedBytes::ready(Arc::default())
+            }
+        };
         // openraft keeps only the meta of a snapshot it asked for
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data.unwrap_or_default())),
+            snapshot: Box::new(SnapshotData::sending(bytes)),
         })
     }
 }
@@ -593,18 +647,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        Ok(Box::new(SnapshotData::receiving()))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
         let shared = Arc::clone(&self.shared);
         let storage = shared.storage.as_ref();
-        let data = snapshot.into_inner();
+        let data = snapshot
+            .into_bytes()
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         let write_err = |e| StorageIOError::write_snapshot(Some(meta.signature()), e);
         write_meta(storage, MetaKey::AppliedMembership, &meta.last_membership)
             .map_err(write_err)?;
@@ -620,8 +677,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .map_err(|e| write_err(sm_err(&shared.group, "restore snapshot", &e)))?;
         }
         tracing::info!(group_id = %shared.group, snapshot_id = %meta.snapshot_id, bytes = data.len(), "installed snapshot");
-        self.keep(meta, &data, false).await;
-        *shared.current.lock() = Some((meta.clone(), data));
+        self.keep(meta, Some(Arc::clone(&data))).await;
+        *shared.current.lock() = Some((meta.clone(), SharedBytes::ready(data)));
         Ok(())
     }
 
@@ -636,47 +693,55 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             })
             .await
             .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e.to_string())))?;
-            match kept {
-                Some((kept, _)) if kept.cut => {
+            if let Some((kept, data)) = kept {
+                {
+                    let mut kept_at = self.shared.kept_at.lock();
+                    if *kept_at < kept.meta.last_log_id {
+                        *kept_at = kept.meta.last_log_id;
+                    }
+                }
+                if kept.cut {
                     // openraft's start reads only the meta; a follower's ask builds the bytes
                     self.shared.cut.lock().get_or_insert(kept.meta.clone());
                     return Ok(Some(Snapshot {
                         meta: kept.meta,
-                        snapshot: Box::new(Cursor::new(Vec::new())),
+                        snapshot: Box::new(SnapshotData::sending(SharedBytes::ready(
+                            Arc::default(),
+                        ))),
                     }));
                 }
-                Some((kept, data)) => {
-                    self.shared.current.lock().get_or_insert((kept.meta, data));
-                }
-                None => {}
+                let data = SharedBytes::ready(Arc::new(data));
+                self.shared.current.lock().get_or_insert((kept.meta, data));
             }
         }
         // A lazy snapshot's bytes are built now, at the applied position (at or after the
-        // cut, so Raft's log holds everything after them); this runs on openraft's state
-        // machine worker, so the group's applies wait for it. The bytes serve every follower
-        // until the next cut.
+        // cut, so Raft's log holds everything after them), by a job on a blocking thread:
+        // this runs on openraft's state machine worker, which goes on applying the group's
+        // entries while the follower's replication waits for the bytes. They serve every
+        // follower until the next cut; a failed build is started again at the next ask.
         let stale = {
             let cut = self.shared.cut.lock();
             let current = self.shared.current.lock();
             match (&*cut, &*current) {
+                (_, Some((_, bytes))) if bytes.failed() => true,
                 (Some(cut), Some((meta, _))) => cut.last_log_id > meta.last_log_id,
                 (Some(_), None) => true,
                 (None, _) => false,
             }
         };
         if stale {
-            let (meta, data) = self
-                .build(true)
+            let (meta, job) = self
+                .cut(|sm| sm.snapshot_job())
                 .await
                 .map_err(|e| StorageIOError::read_snapshot(None, e))?;
-            if let Some(data) = &data {
-                self.keep(&meta, data, false).await;
-            }
+            // the state is durable without these bytes: followers need not wait for the file
+            let bytes = self.spawn_bytes(&meta, job, false);
+            *self.shared.current.lock() = Some((meta, bytes));
         }
         let current = self.shared.current.lock().clone();
-        Ok(current.map(|(meta, data)| Snapshot {
+        Ok(current.map(|(meta, bytes)| Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(SnapshotData::sending(bytes)),
         }))
     }
 }
@@ -831,7 +896,7 @@ mod tests {
         let mut again = restarted(&sm, &storage);
         let kept = current(&mut again, "the kept snapshot").await;
         assert_eq!(kept.meta, built.meta);
-        assert_eq!(kept.snapshot.get_ref(), built.snapshot.get_ref());
+        assert_eq!(bytes_of(kept).await, bytes_of(built).await);
 
         // a log purged past it: a follower would need entries the log no longer has
         let purged = LogId::new(CommittedLeaderId::new(1, 0), 4);
@@ -949,12 +1014,21 @@ mod tests {
     }
 
     /// A fresh [`MemoryStateMachine`] restored from `snapshot`, taken at `index` (term 1).
-    fn restored_from(snapshot: &Snapshot<TypeConfig>, index: u64) -> MemoryStateMachine {
+    async fn restored_from(snapshot: Snapshot<TypeConfig>, index: u64) -> MemoryStateMachine {
         let restored = MemoryStateMachine::new();
         restored
-            .restore(LogPosition { index, term: 1 }, snapshot.snapshot.get_ref())
+            .restore(LogPosition { index, term: 1 }, &bytes_of(snapshot).await)
             .unwrap();
         restored
+    }
+
+    /// The bytes of `snapshot` (waiting for their build).
+    async fn bytes_of(snapshot: Snapshot<TypeConfig>) -> Arc<Vec<u8>> {
+        snapshot
+            .snapshot
+            .into_bytes()
+            .await
+            .expect("snapshot bytes")
     }
 
     /// The store's current snapshot, which must be there (`what` names it).
@@ -985,11 +1059,47 @@ mod tests {
         };
     }
 
-    /// [`MemoryStateMachine`] whose snapshot jobs wait for `release` once they started.
+    /// [`MemoryStateMachine`] whose snapshot jobs wait for `release` once they started;
+    /// `lazy` ones persist themselves (their persist jobs do nothing).
     struct GatedSnapshots {
         inner: Arc<MemoryStateMachine>,
         started: std::sync::mpsc::SyncSender<()>,
         release: Arc<parking_lot::Mutex<std::sync::mpsc::Receiver<()>>>,
+        lazy: bool,
+        jobs: AtomicU64,
+    }
+
+    impl GatedSnapshots {
+        /// The state machine, its job-started signal and its release.
+        fn new(
+            inner: &Arc<MemoryStateMachine>,
+            lazy: bool,
+        ) -> (
+            Self,
+            std::sync::mpsc::Receiver<()>,
+            std::sync::mpsc::SyncSender<()>,
+        ) {
+            let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
+            let (release_tx, release_rx) = std::sync::mpsc::sync_channel(1);
+            let sm = Self {
+                inner: Arc::clone(inner),
+                started: started_tx,
+                release: Arc::new(parking_lot::Mutex::new(release_rx)),
+                lazy,
+                jobs: AtomicU64::new(0),
+            };
+            (sm, started_rx, release_tx)
+        }
+    }
+
+    /// Waits (bounded) for a gated snapshot job to start.
+    async fn job_started(started: std::sync::mpsc::Receiver<()>) {
+        tokio::task::spawn_blocking(move || {
+            started.recv_timeout(std::time::Duration::from_secs(10))
+        })
+        .await
+        .unwrap()
+        .expect("the snapshot job started");
     }
 
     impl StateMachine for GatedSnapshots {
@@ -997,7 +1107,11 @@ mod tests {
         fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
             self.inner.snapshot()
         }
+        fn persist_job(&self) -> Result<Option<PersistJob>, BoxError> {
+            Ok(self.lazy.then(|| Box::new(|| Ok(())) as PersistJob))
+        }
         fn snapshot_job(&self) -> Result<SnapshotJob, BoxError> {
+            self.jobs.fetch_add(1, Ordering::SeqCst);
             let cut = self.inner.snapshot()?;
             let (started, release) = (self.started.clone(), Arc::clone(&self.release));
             Ok(Box::new(move || {
@@ -1012,29 +1126,15 @@ mod tests {
     async fn entries_are_applied_while_a_snapshot_job_runs() {
         use std::time::Duration;
         let inner = Arc::new(MemoryStateMachine::new());
-        let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
-        let (release_tx, release_rx) = std::sync::mpsc::sync_channel(1);
-        let sm = GatedSnapshots {
-            inner: Arc::clone(&inner),
-            started: started_tx,
-            release: Arc::new(parking_lot::Mutex::new(release_rx)),
-        };
-        let mut store = StateMachineStore::new(
-            "g",
-            Arc::new(sm) as Arc<dyn StateMachine>,
-            Arc::new(MemoryLogStorage::new()),
-            None,
-        );
+        let (sm, started_rx, release_tx) = GatedSnapshots::new(&inner, false);
+        let mut store = memory_store(Arc::new(sm));
         store
             .apply(vec![put(1, "a", "1"), put(2, "b", "1")])
             .await
             .unwrap();
         let mut builder = store.get_snapshot_builder().await;
         let building = tokio::spawn(async move { builder.build_snapshot().await });
-        tokio::task::spawn_blocking(move || started_rx.recv_timeout(Duration::from_secs(10)))
-            .await
-            .unwrap()
-            .expect("the snapshot job started");
+        job_started(started_rx).await;
         // the job holds its thread; applies go on
         tokio::time::timeout(
             Duration::from_secs(10),
@@ -1056,7 +1156,7 @@ mod tests {
             Some(2),
             "as of the cut"
         );
-        let restored = restored_from(&snapshot, 2);
+        let restored = restored_from(snapshot, 2).await;
         assert_eq!(restored.get("a"), Some("1".into()));
         assert_eq!(restored.get("c"), None);
     }
@@ -1115,14 +1215,15 @@ mod tests {
         let sent = current(&mut store, "a snapshot").await;
         assert_eq!(sent.meta.last_log_id.map(|l| l.index), Some(3));
         assert_eq!(sm.snapshots.load(Ordering::SeqCst), 1);
-        let restored = restored_from(&sent, 3);
+        let sent_id = sent.meta.snapshot_id.clone();
+        let restored = restored_from(sent, 3).await;
         assert_eq!(restored.get("a"), Some("2".into()));
         assert_eq!(restored.get("b"), Some("1".into()));
 
         // the same bytes serve until the next cut
         store.apply(vec![put(4, "c", "1")]).await.unwrap();
         let again = current(&mut store, "a snapshot").await;
-        assert_eq!(again.meta.snapshot_id, sent.meta.snapshot_id);
+        assert_eq!(again.meta.snapshot_id, sent_id);
         assert_eq!(sm.snapshots.load(Ordering::SeqCst), 1);
         let mut builder = store.get_snapshot_builder().await;
         builder.build_snapshot().await.unwrap();
@@ -1168,7 +1269,144 @@ mod tests {
         // a follower's ask builds the bytes
         let sent = current(&mut again, "a snapshot").await;
         assert_eq!(sm.snapshots.load(Ordering::SeqCst), 1);
-        let restored = restored_from(&sent, 2);
+        let restored = restored_from(sent, 2).await;
         assert_eq!(restored.get("b"), Some("1".into()));
+    }
+
+    /// A follower's ask for a lazy snapshot hands it out at once; the bytes are built by a
+    /// job the group's applies do not wait for, once for every follower that asks.
+    #[tokio::test]
+    async fn a_snapshot_a_follower_asks_for_is_built_while_the_group_applies() {
+        use std::time::Duration;
+        let inner = Arc::new(MemoryStateMachine::new());
+        let (sm, started_rx, release_tx) = GatedSnapshots::new(&inner, true);
+        let sm = Arc::new(sm);
+        let mut store = memory_store(Arc::clone(&sm) as Arc<dyn StateMachine>);
+        // openraft's start: nothing kept
+        assert!(store.get_current_snapshot().await.unwrap().is_none());
+        store
+            .apply(vec![put(1, "a", "1"), put(2, "b", "1")])
+            .await
+            .unwrap();
+        let mut builder = store.get_snapshot_builder().await;
+        builder.build_snapshot().await.unwrap();
+        assert_eq!(sm.jobs.load(Ordering::SeqCst), 0, "a cut builds no bytes");
+
+        let asked =
+            tokio::time::timeout(Duration::from_secs(10), current(&mut store, "a snapshot"))
+                .await
+                .expect("handed out while its bytes are being built");
+        assert_eq!(asked.meta.last_log_id.map(|l| l.index), Some(2));
+        job_started(started_rx).await;
+        tokio::time::timeout(Duration::from_secs(10), store.apply(vec![put(3, "c", "1")]))
+            .await
+            .expect("applied while the bytes are being built")
+            .unwrap();
+        let second = current(&mut store, "a snapshot").await;
+        assert_eq!(second.meta.snapshot_id, asked.meta.snapshot_id);
+        assert_eq!(sm.jobs.load(Ordering::SeqCst), 1, "one build serves both");
+
+        let mut reading = tokio::spawn(restored_from(asked, 2));
+        let early = tokio::time::timeout(Duration::from_millis(20), &mut reading).await;
+        assert!(early.is_err(), "a read waits for the build");
+        release_tx.send(()).unwrap();
+        let restored = tokio::time::timeout(Duration::from_secs(10), reading)
+            .await
+            .expect("read once built")
+            .unwrap();
+        assert_eq!(restored.get("b"), Some("1".into()));
+        assert_eq!(restored.get("c"), None, "as of the cut");
+        assert_eq!(
+            bytes_of(second).await,
+            Arc::new(restored.snapshot().unwrap()),
+            "both followers get the same bytes"
+        );
+    }
+
+    /// [`MemoryStateMachine`] that persists itself and whose first snapshot job fails.
+    #[derive(Default)]
+    struct FirstBuildFails {
+        inner: MemoryStateMachine,
+        jobs: AtomicU64,
+    }
+
+    impl StateMachine for FirstBuildFails {
+        delegate_to_inner!();
+        fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
+            self.inner.snapshot()
+        }
+        fn persist_job(&self) -> Result<Option<PersistJob>, BoxError> {
+            Ok(Some(Box::new(|| Ok(()))))
+        }
+        fn snapshot_job(&self) -> Result<SnapshotJob, BoxError> {
+            let first = self.jobs.fetch_add(1, Ordering::SeqCst) == 0;
+            let cut = self.inner.snapshot()?;
+            Ok(Box::new(move || {
+                if first {
+                    Err("the export broke".into())
+                } else {
+                    Ok(cut)
+                }
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_snapshot_build_fails_its_send_and_the_next_ask_builds_again() {
+        let sm = Arc::new(FirstBuildFails::default());
+        let mut store = memory_store(Arc::clone(&sm) as Arc<dyn StateMachine>);
+        assert!(store.get_current_snapshot().await.unwrap().is_none());
+        store.apply(vec![put(1, "a", "1")]).await.unwrap();
+        let mut builder = store.get_snapshot_builder().await;
+        builder.build_snapshot().await.unwrap();
+        let failed = current(&mut store, "a snapshot").await;
+        let e = failed
+            .snapshot
+            .into_bytes()
+            .await
+            .expect_err("the build failed");
+        assert!(e.to_string().contains("the export broke"), "{e}");
+        let again = current(&mut store, "a snapshot").await;
+        assert_eq!(sm.jobs.load(Ordering::SeqCst), 2, "built again");
+        let restored = restored_from(again, 1).await;
+        assert_eq!(restored.get("a"), Some("1".into()));
+    }
+
+    /// A snapshot build that ends after a newer snapshot (or cut) was kept does not replace
+    /// it: the kept file never goes back.
+    #[test]
+    fn the_kept_snapshot_never_goes_back_to_an_older_one() {
+        let storage = Arc::new(MemoryLogStorage::new());
+        let store = StateMachineStore::new(
+            "g",
+            Arc::new(MemoryStateMachine::new()),
+            Arc::clone(&storage) as Arc<dyn LogStorage>,
+            None,
+        );
+        let at = |index: u64, cut: bool| KeptMeta {
+            meta: SnapshotMeta {
+                last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 0), index)),
+                last_membership: StoredMembership::default(),
+                snapshot_id: format!("s{index}"),
+            },
+            cut,
+        };
+        let kept_index = || {
+            let (meta, _) = storage.kept_snapshot().unwrap().expect("a kept snapshot");
+            let kept: KeptMeta = crate::log_store::decode(&meta).unwrap();
+            (kept.meta.last_log_id.map(|l| l.index), kept.cut)
+        };
+        store.shared.keep(&at(3, true), &[]);
+        assert_eq!(kept_index(), (Some(3), true));
+        store.shared.keep(&at(2, false), b"older bytes");
+        assert_eq!(kept_index(), (Some(3), true), "an older build is not kept");
+        store.shared.keep(&at(3, false), b"bytes at the cut");
+        assert_eq!(
+            kept_index(),
+            (Some(3), false),
+            "bytes at the same position are"
+        );
+        store.shared.keep(&at(5, true), &[]);
+        assert_eq!(kept_index(), (Some(5), true));
     }
 }

@@ -1,7 +1,5 @@
 //! The openraft type configuration and the small public types that replace openraft's at the
 //! crate boundary (positions, members, node ids).
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 
 /// The payload of a normal log entry: opaque bytes for the user's state machine.
@@ -27,7 +25,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::snapshot_data::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
