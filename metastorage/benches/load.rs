@@ -361,6 +361,14 @@ async fn watch_latency(
         .context("watch channel closed")?;
         samples.push(arrived.saturating_duration_since(t0));
     }
+    // where the slow ones fall tells what they share (they clustered at write-outs)
+    let slow: Vec<String> = samples
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| **d > Duration::from_millis(1))
+        .map(|(i, d)| format!("#{i} {:.2}", d.as_secs_f64() * 1000.0))
+        .collect();
+    println!("  over 1 ms: {} ({})", slow.len(), slow.join(", "));
     Ok(samples)
 }
 
