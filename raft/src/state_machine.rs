@@ -1031,6 +1031,18 @@ mod tests {
             .expect("snapshot bytes")
     }
 
+    /// openraft's start on a fresh `store` (nothing kept), then `entries` applied and the
+    /// policy's snapshot of them.
+    async fn start_apply_and_snapshot(
+        store: &mut StateMachineStore,
+        entries: Vec<Entry>,
+    ) -> Snapshot<TypeConfig> {
+        assert!(store.get_current_snapshot().await.unwrap().is_none());
+        store.apply(entries).await.unwrap();
+        let mut builder = store.get_snapshot_builder().await;
+        builder.build_snapshot().await.unwrap()
+    }
+
     /// The store's current snapshot, which must be there (`what` names it).
     async fn current(store: &mut StateMachineStore, what: &str) -> Snapshot<TypeConfig> {
         store.get_current_snapshot().await.unwrap().expect(what)
@@ -1190,14 +1202,8 @@ mod tests {
     async fn a_self_persisting_state_machine_builds_snapshot_bytes_only_when_asked() {
         let sm = Arc::new(SelfPersisting::default());
         let mut store = memory_store(Arc::clone(&sm) as Arc<dyn StateMachine>);
-        // openraft's start: nothing kept, nothing cut
-        assert!(store.get_current_snapshot().await.unwrap().is_none());
-        store
-            .apply(vec![put(1, "a", "1"), put(2, "b", "1")])
-            .await
-            .unwrap();
-        let mut builder = store.get_snapshot_builder().await;
-        let cut = builder.build_snapshot().await.unwrap();
+        let cut =
+            start_apply_and_snapshot(&mut store, vec![put(1, "a", "1"), put(2, "b", "1")]).await;
         assert_eq!(cut.meta.last_log_id.map(|l| l.index), Some(2));
         assert_eq!(
             sm.persisted.load(Ordering::SeqCst),
@@ -1282,14 +1288,7 @@ mod tests {
         let (sm, started_rx, release_tx) = GatedSnapshots::new(&inner, true);
         let sm = Arc::new(sm);
         let mut store = memory_store(Arc::clone(&sm) as Arc<dyn StateMachine>);
-        // openraft's start: nothing kept
-        assert!(store.get_current_snapshot().await.unwrap().is_none());
-        store
-            .apply(vec![put(1, "a", "1"), put(2, "b", "1")])
-            .await
-            .unwrap();
-        let mut builder = store.get_snapshot_builder().await;
-        builder.build_snapshot().await.unwrap();
+        start_apply_and_snapshot(&mut store, vec![put(1, "a", "1"), put(2, "b", "1")]).await;
         assert_eq!(sm.jobs.load(Ordering::SeqCst), 0, "a cut builds no bytes");
 
         let asked =
@@ -1355,10 +1354,7 @@ mod tests {
     async fn a_failed_snapshot_build_fails_its_send_and_the_next_ask_builds_again() {
         let sm = Arc::new(FirstBuildFails::default());
         let mut store = memory_store(Arc::clone(&sm) as Arc<dyn StateMachine>);
-        assert!(store.get_current_snapshot().await.unwrap().is_none());
-        store.apply(vec![put(1, "a", "1")]).await.unwrap();
-        let mut builder = store.get_snapshot_builder().await;
-        builder.build_snapshot().await.unwrap();
+        start_apply_and_snapshot(&mut store, vec![put(1, "a", "1")]).await;
         let failed = current(&mut store, "a snapshot").await;
         let e = failed
             .snapshot
