@@ -179,7 +179,25 @@ impl PeerClient {
     }
 }
 
+/// The first wait before replicating again to a peer that did not answer or has no such
+/// group yet; it doubles per failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+/// The longest wait between attempts to reach an unreachable peer (openraft's constant).
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
+/// The waits between replication attempts to an unreachable peer: [`FIRST_BACKOFF`],
+/// doubling, at most [`MAX_BACKOFF`]. A node that joins is often asked before its group
+/// started (it answers "no such group"); openraft's constant 500 ms then delayed every
+/// learner's catch-up by about that much.
+fn backoff() -> impl Iterator<Item = Duration> + Send + 'static {
+    std::iter::successors(Some(FIRST_BACKOFF), |d| Some((*d * 2).min(MAX_BACKOFF)))
+}
+
 impl RaftNetwork<TypeConfig> for PeerClient {
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(backoff())
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
@@ -228,5 +246,20 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             RaftReply::Vote(Err(e)) => Err(self.remote(e)),
             _ => Err(self.unexpected()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_starts_short_doubles_and_stops_at_openrafts_constant() {
+        let waits: Vec<Duration> = backoff().take(8).collect();
+        assert_eq!(waits[0], FIRST_BACKOFF);
+        assert!(waits
+            .windows(2)
+            .all(|w| w[1] == (w[0] * 2).min(MAX_BACKOFF)));
+        assert_eq!(waits[7], MAX_BACKOFF);
     }
 }
