@@ -11,8 +11,8 @@
 //! puts made meanwhile. Prints one table with the goals and measured/goal ratios.
 //!
 //! Cells can be picked by name (`1n-put`, `1n-get`, `3n-put`, `3n-get`, `watch`, `failover`,
-//! `restart`, `catch-up`): as arguments (`cargo bench -p metastorage --bench load -- 3n-put watch`) or
-//! in `METASTORAGE_BENCH` (comma-separated). No name: every cell.
+//! `restart`, `catch-up`): as arguments (`cargo bench -p metastorage --bench load -- 3n-put
+//! watch`) or in `METASTORAGE_BENCH` (comma-separated). No name: every cell.
 use std::{
     fmt::Write as _,
     path::Path,
