@@ -229,12 +229,7 @@ impl StateMachineStore {
             Ok::<_, AnyError>((last, membership, taken))
         })
         .await
-        .map_err(|e| {
-            AnyError::error(format!(
-                "state machine of raft group {}: snapshot task failed: {e}",
-                self.shared.group
-            ))
-        })??;
+        .map_err(|e| task_failed(&self.shared.group, &e))??;
         let seq = self.shared.seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match last {
             Some(last) => format!("{}-{}-{seq}", last.leader_id.term, last.index),
@@ -303,6 +298,13 @@ impl StateMachineStore {
             tracing::warn!(group_id = %self.shared.group, error = %e, "keeping the snapshot failed");
         }
     }
+}
+
+/// The error for a snapshot task of `group` that did not finish (it panicked).
+fn task_failed(group: &str, e: &tokio::task::JoinError) -> AnyError {
+    AnyError::error(format!(
+        "state machine of raft group {group}: snapshot task failed: {e}"
+    ))
 }
 
 /// `commands` of one entry (or of a run of entries ending at `id`) through `apply_batch`:
@@ -518,12 +520,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                     job().map_err(|e| sm_err(&group, "persist the state", &e))
                 })
                 .await
-                .map_err(|e| {
-                    StorageIOError::read_state_machine(AnyError::error(format!(
-                        "state machine of raft group {}: snapshot task failed: {e}",
-                        shared.group
-                    )))
-                })?
+                .map_err(|e| task_failed(&shared.group, &e))
+                .and_then(|persisted| persisted)
                 .map_err(StorageIOError::read_state_machine)?;
                 tracing::debug!(group_id = %shared.group, index = meta.last_log_id.map(|l| l.index), "state persisted for a snapshot");
                 *shared.cut.lock() = Some(meta.clone());
