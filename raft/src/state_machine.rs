@@ -667,12 +667,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             write_meta(storage, MetaKey::AppliedHint, &id).map_err(write_err)?;
         }
         flush(storage).await.map_err(write_err)?;
-        if let Some(id) = &meta.last_log_id {
-            let _serial = shared.lock.lock();
-            shared
-                .sm
-                .restore(LogPosition::from(id), &data)
-                .map_err(|e| write_err(sm_err(&shared.group, "restore snapshot", &e)))?;
+        if let Some(id) = meta.last_log_id {
+            // a restore writes the whole state (a second for 100,000 MetaStorage keys): on a
+            // blocking thread, so the node's other groups and its network go on meanwhile
+            let (restoring, bytes) = (Arc::clone(&shared), Arc::clone(&data));
+            tokio::task::spawn_blocking(move || {
+                let _serial = restoring.lock.lock();
+                restoring
+                    .sm
+                    .restore(LogPosition::from(&id), &bytes)
+                    .map_err(|e| sm_err(&restoring.group, "restore snapshot", &e))
+            })
+            .await
+            .map_err(|e| task_failed(&shared.group, &e))
+            .and_then(|restored| restored)
+            .map_err(write_err)?;
         }
         tracing::info!(group_id = %shared.group, snapshot_id = %meta.snapshot_id, bytes = data.len(), "installed snapshot");
         self.keep(meta, Some(Arc::clone(&data))).await;
@@ -1364,6 +1373,74 @@ mod tests {
         assert_eq!(sm.jobs.load(Ordering::SeqCst), 2, "built again");
         let restored = restored_from(again, 1).await;
         assert_eq!(restored.get("a"), Some("1".into()));
+    }
+
+    /// [`MemoryStateMachine`] whose restore waits (up to 10 s) for `release` once started.
+    struct GatedRestore {
+        inner: MemoryStateMachine,
+        started: std::sync::mpsc::SyncSender<()>,
+        release: parking_lot::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl StateMachine for GatedRestore {
+        fn last_applied(&self) -> Result<Option<LogPosition>, BoxError> {
+            self.inner.last_applied()
+        }
+        fn apply(&self, position: LogPosition, command: &[u8]) -> Result<Vec<u8>, BoxError> {
+            self.inner.apply(position, command)
+        }
+        fn advance(&self, position: LogPosition) -> Result<(), BoxError> {
+            self.inner.advance(position)
+        }
+        fn restore(&self, position: LogPosition, data: &[u8]) -> Result<(), BoxError> {
+            self.started.send(())?;
+            self.release
+                .lock()
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .map_err(|_| "the restore was not released")?;
+            self.inner.restore(position, data)
+        }
+        fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
+            self.inner.snapshot()
+        }
+    }
+
+    /// Installing a snapshot restores it on a blocking thread: on a one-thread runtime the
+    /// node's other tasks (timers here, heartbeats and the network in a node) run meanwhile.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_snapshot_restore_leaves_the_runtime_free() {
+        use std::time::Duration;
+        let mut from = memory_store(Arc::new(MemoryStateMachine::new()));
+        let snapshot =
+            start_apply_and_snapshot(&mut from, vec![put(1, "a", "1"), put(2, "b", "2")]).await;
+        let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
+        let (release_tx, release_rx) = std::sync::mpsc::sync_channel(1);
+        let sm = Arc::new(GatedRestore {
+            inner: MemoryStateMachine::new(),
+            started: started_tx,
+            release: parking_lot::Mutex::new(release_rx),
+        });
+        let mut to = memory_store(Arc::clone(&sm) as Arc<dyn StateMachine>);
+        let installing = tokio::spawn(async move {
+            to.install_snapshot(&snapshot.meta, snapshot.snapshot).await
+        });
+        job_started(started_rx).await;
+        let ticked = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(
+            ticked.elapsed() < Duration::from_secs(5),
+            "a timer waited {:?} for the restore",
+            ticked.elapsed()
+        );
+        assert!(!installing.is_finished(), "the restore is still held");
+        release_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), installing)
+            .await
+            .expect("installed once released")
+            .unwrap()
+            .unwrap();
+        assert_eq!(sm.inner.get("a"), Some("1".into()));
+        assert_eq!(sm.inner.get("b"), Some("2".into()));
     }
 
     /// A snapshot build that ends after a newer snapshot (or cut) was kept does not replace
