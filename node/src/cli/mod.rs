@@ -154,10 +154,19 @@ enum ConfigCommand {
 impl Cli {
     /// Run the parsed command; returns the process exit code.
     pub fn run(self) -> i32 {
-        let runtime = match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        {
+        // a client command is a handful of requests: one thread serves it
+        let threads = match &self.command {
+            Command::Start(args) => args.worker_threads(),
+            _ => 1,
+        };
+        let mut builder = if threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        };
+        let runtime = match builder.enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("error: cannot start the async runtime: {e}");

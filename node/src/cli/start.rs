@@ -29,9 +29,22 @@ pub(crate) struct StartArgs {
     /// Run as a one-node cluster (the embedded default) instead of waiting for `cluster init`.
     #[arg(long)]
     standalone: bool,
+    /// Threads of the node's task scheduler (1: a single-threaded scheduler). Default: half
+    /// the machine's cores, at least 1; the Raft log's syncs, write-outs and snapshots run
+    /// on threads of their own besides.
+    #[arg(long, env = "IGNITE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
 }
 
 impl StartArgs {
+    /// Threads for the scheduler the node runs on: the flag's, else half the cores.
+    pub(crate) fn worker_threads(&self) -> usize {
+        self.worker_threads.map_or_else(
+            || default_worker_threads(std::thread::available_parallelism().map_or(1, usize::from)),
+            usize::from,
+        )
+    }
+
     fn options(&self) -> NodeOptions {
         let mut options = NodeOptions {
             config_file: self.config.clone(),
@@ -58,9 +71,19 @@ impl StartArgs {
     }
 }
 
+/// Half of `cores`, at least one. Each wake-up of a parked scheduler thread by another
+/// costs a futex and, on a virtual machine, an inter-processor interrupt: fewer threads
+/// than cores leave the other cores to the node's own disk threads (log syncs, write-outs,
+/// snapshot builds and restores) and to the other processes on the machine (BENCHMARKS.md,
+/// "Fifteenth run").
+fn default_worker_threads(cores: usize) -> usize {
+    (cores / 2).max(1)
+}
+
 pub(crate) async fn run(args: StartArgs) -> anyhow::Result<i32> {
     telemetry::init_tracing();
     let _ = telemetry::prometheus();
+    tracing::info!(worker_threads = args.worker_threads(), "task scheduler");
     let ignite = IgniteImpl::start(args.options()).await?;
     let outcome = ignite.run_until(shutdown_signal()).await;
     if let Some(fault) = &outcome.fault {
@@ -88,5 +111,18 @@ async fn shutdown_signal() {
             tracing::error!(error = %e, "cannot install signal handlers; stop with kill -9");
             std::future::pending::<()>().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_scheduler_takes_half_the_cores_and_at_least_one() {
+        assert_eq!(default_worker_threads(1), 1);
+        assert_eq!(default_worker_threads(2), 1);
+        assert_eq!(default_worker_threads(3), 1);
+        assert_eq!(default_worker_threads(8), 4);
     }
 }
