@@ -1421,9 +1421,10 @@ mod tests {
             release: parking_lot::Mutex::new(release_rx),
         });
         let mut to = memory_store(Arc::clone(&sm) as Arc<dyn StateMachine>);
-        let installing = tokio::spawn(async move {
-            to.install_snapshot(&snapshot.meta, snapshot.snapshot).await
-        });
+        let installing =
+            tokio::spawn(
+                async move { to.install_snapshot(&snapshot.meta, snapshot.snapshot).await },
+            );
         job_started(started_rx).await;
         let ticked = std::time::Instant::now();
         tokio::time::sleep(Duration::from_millis(1)).await;
