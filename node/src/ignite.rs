@@ -94,6 +94,9 @@ pub struct NodeInfo {
     pub standalone: bool,
     /// Seconds since the node was built.
     pub uptime_seconds: f64,
+    /// Threads of the task scheduler the node runs on (1 for a single-threaded one; 0 when
+    /// asked from outside a tokio runtime).
+    pub worker_threads: usize,
 }
 
 struct Inner {
@@ -553,6 +556,8 @@ impl IgniteImpl {
             network_address: self.inner.network.local_address(),
             standalone: self.inner.standalone,
             uptime_seconds: self.inner.created.elapsed().as_secs_f64(),
+            worker_threads: tokio::runtime::Handle::try_current()
+                .map_or(0, |runtime| runtime.metrics().num_workers()),
         }
     }
 

@@ -105,6 +105,30 @@ fn config_update_survives_a_restart() {
     assert_eq!(node.terminate().code(), Some(0));
 }
 
+/// `--worker-threads` sizes the scheduler the node runs on (`node/info` reads the runtime's
+/// own count); a value out of range is refused naming the flag.
+#[test]
+fn a_node_runs_on_the_scheduler_threads_it_is_given() {
+    for threads in [1, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let count = threads.to_string();
+        let node = NodeProcess::start(dir.path(), &["--standalone", "--worker-threads", &count]);
+        wait_for("STARTED", || {
+            state_of(&node.url()).filter(|v| v["state"] == "STARTED")
+        });
+        let (code, out, err) = run_cli(&["node", "info", "--url", &node.url(), "--output", "json"]);
+        assert_eq!(code, 0, "{err}");
+        let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(info["worker_threads"], threads, "{info}");
+        assert_eq!(node.terminate().code(), Some(0));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_string_lossy().into_owned();
+    let (code, _, err) = run_cli(&["start", "--data-dir", &data, "--worker-threads", "0"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--worker-threads"), "names the flag: {err}");
+}
+
 #[test]
 fn bad_config_file_exits_non_zero_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
