@@ -104,6 +104,23 @@ struct StoredVersion {
     update_counter: u64,
 }
 
+/// [`StoredVersion`] over borrowed bytes: the same encoding without a copy of the value.
+#[derive(Serialize)]
+struct StoredVersionRef<'a> {
+    #[serde(with = "serde_bytes")]
+    value: Option<&'a [u8]>,
+    update_counter: u64,
+}
+
+/// A version row's value in sled: `value` (`None`: a tombstone) and its update counter.
+fn encode_version(value: Option<&[u8]>, update_counter: u64) -> Result<Vec<u8>> {
+    postcard::to_allocvec(&StoredVersionRef {
+        value,
+        update_counter,
+    })
+    .map_err(|err| Error::encode("entry", err))
+}
+
 /// One write set, encoded for sled.
 struct EncodedWriteSet {
     revision: u64,
@@ -828,13 +845,8 @@ fn encode_write_set(ws: &WriteSet) -> Result<EncodedWriteSet> {
         .entries
         .iter()
         .map(|e| {
-            let stored = StoredVersion {
-                value: e.value.clone(),
-                update_counter: e.update_counter,
-            };
-            postcard::to_allocvec(&stored)
+            encode_version(e.value.as_deref(), e.update_counter)
                 .map(|v| (versioned(&e.key, e.revision), v))
-                .map_err(|err| Error::encode("entry", err))
         })
         .collect::<Result<_>>()?;
     let index = if ws.entries.is_empty() {
@@ -1228,12 +1240,7 @@ impl Backend for SledKeyValueStorage {
         for chunk in snapshot.entries.chunks(IMPORT_BATCH) {
             let mut batch = sled::Batch::default();
             for e in chunk {
-                let stored = StoredVersion {
-                    value: e.value.clone(),
-                    update_counter: e.update_counter,
-                };
-                let v =
-                    postcard::to_allocvec(&stored).map_err(|err| Error::encode("entry", err))?;
+                let v = encode_version(e.value.as_deref(), e.update_counter)?;
                 batch.insert(versioned(&e.key, e.revision), v);
                 if e.revision > snapshot.compacted {
                     index.entry(e.revision).or_default().push(&e.key);
@@ -1313,6 +1320,22 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The borrowed encoding writes exactly what [`StoredVersion`] writes and reads.
+        #[test]
+        fn a_borrowed_version_encodes_like_a_stored_one(
+            value in proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..300)),
+            update_counter in proptest::num::u64::ANY,
+        ) {
+            let owned = postcard::to_allocvec(&StoredVersion { value: value.clone(), update_counter }).unwrap();
+            let borrowed = encode_version(value.as_deref(), update_counter).unwrap();
+            proptest::prop_assert_eq!(&borrowed, &owned);
+            let read: StoredVersion = postcard::from_bytes(&borrowed).unwrap();
+            proptest::prop_assert_eq!(read.value, value);
+            proptest::prop_assert_eq!(read.update_counter, update_counter);
+        }
+    }
 
     #[test]
     fn versioned_keys_round_trip_and_keep_key_order() {
