@@ -83,7 +83,8 @@ fn default_worker_threads(cores: usize) -> usize {
 pub(crate) async fn run(args: StartArgs) -> anyhow::Result<i32> {
     telemetry::init_tracing();
     let _ = telemetry::prometheus();
-    tracing::info!(worker_threads = args.worker_threads(), "task scheduler");
+    let worker_threads = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(worker_threads, "task scheduler");
     let ignite = IgniteImpl::start(args.options()).await?;
     let outcome = ignite.run_until(shutdown_signal()).await;
     if let Some(fault) = &outcome.fault {
